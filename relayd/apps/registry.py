@@ -1,0 +1,5 @@
+"""The apps relayd can host, by the name used in [app:NAME] sections."""
+
+from relayd.apps import testee
+
+APPS = {spec.name: spec for spec in (testee.SPEC,)}

@@ -1,0 +1,167 @@
+"""Read an INI file into a validated Config, or fail with one located ConfigError."""
+
+from __future__ import annotations
+
+import configparser
+from typing import Any
+
+import attr
+
+from relayd.config.endpoint import parse_endpoint
+from relayd.config.model import (
+    APP_COMMON_OPTIONS,
+    BUS_OPTIONS,
+    DAEMON_OPTIONS,
+    LIMIT_OPTIONS,
+    LISTENER_OPTIONS,
+    AppConfig,
+    BusConfig,
+    Config,
+    DaemonConfig,
+    Limits,
+    ListenerConfig,
+)
+from relayd.config.schema import BadValue, ConfigError, parse_section, url_path
+from relayd.config.tlscheck import check_tls_files
+
+RESERVED_PATHS = ("/healthz", "/readyz", "/metrics")
+
+
+def load(path: str) -> Config:
+    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";", "#"))
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    try:
+        with open(path, encoding="utf-8") as f:
+            parser.read_file(f, source=path)
+    except OSError as e:
+        raise ConfigError(path, None, None, f"cannot read the file: {e.strerror}") from None
+    except (configparser.Error, UnicodeDecodeError) as e:
+        raise ConfigError(path, None, None, f"not a valid INI file: {_one_line(e)}") from None
+    return from_parser(path, parser)
+
+
+def loads(text: str, path: str = "<string>") -> Config:
+    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";", "#"))
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    try:
+        parser.read_string(text, source=path)
+    except configparser.Error as e:
+        raise ConfigError(path, None, None, f"not a valid INI file: {_one_line(e)}") from None
+    return from_parser(path, parser)
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())
+
+
+def from_parser(path: str, parser: configparser.ConfigParser) -> Config:
+    from relayd.apps.registry import APPS
+
+    sections = {name: dict(parser.items(name)) for name in parser.sections()}
+    daemon_values: dict[str, str] = {}
+    limit_values: dict[str, str] = {}
+    bus_values: dict[str, str] = {}
+    listener_sections: dict[str, dict[str, str]] = {}
+    app_sections: dict[str, dict[str, str]] = {}
+    for name, values in sections.items():
+        if name == "relayd":
+            daemon_values = values
+        elif name == "limits":
+            limit_values = values
+        elif name == "bus":
+            bus_values = values
+        elif name.startswith("listener:") and name[len("listener:"):]:
+            listener_sections[name[len("listener:"):]] = values
+        elif name.startswith("app:") and name[len("app:"):]:
+            app_sections[name[len("app:"):]] = values
+        else:
+            raise ConfigError(
+                path, name, None,
+                "unknown section (expected [relayd], [limits], [bus], [listener:NAME] or [app:NAME])",
+            )
+
+    daemon = DaemonConfig(**parse_section(path, "relayd", daemon_values, DAEMON_OPTIONS))
+    limits_dict = parse_section(path, "limits", limit_values, LIMIT_OPTIONS)
+    limits = Limits(**limits_dict)
+    bus = BusConfig(**parse_section(path, "bus", bus_values, BUS_OPTIONS))
+
+    listeners: dict[str, ListenerConfig] = {}
+    for name, values in listener_sections.items():
+        section = f"listener:{name}"
+        opts = parse_section(path, section, values, LISTENER_OPTIONS)
+        tls_keys = {"key": opts["tls_key"], "cert": opts["tls_cert"], "chain": opts["tls_chain"] or None}
+        try:
+            endpoint = parse_endpoint(opts["endpoint"], tls_keys)
+        except BadValue as e:
+            raise ConfigError(path, section, "endpoint", str(e)) from None
+        if endpoint.tls is not None:
+            key = "endpoint" if endpoint.kind == "ssl" else "tls_cert"
+            try:
+                check_tls_files(endpoint.tls)
+            except BadValue as e:
+                raise ConfigError(path, section, key, str(e)) from None
+        listeners[name] = ListenerConfig(
+            name=name,
+            endpoint=endpoint,
+            health=opts["health"],
+            metrics=opts["metrics"],
+            max_connections=opts["max_connections"],
+            max_connections_per_address=opts["max_connections_per_address"],
+            demo=opts["demo"],
+        )
+
+    apps: dict[str, AppConfig] = {}
+    mounts: dict[tuple[str, str], str] = {}
+    for name, values in app_sections.items():
+        section = f"app:{name}"
+        spec = APPS.get(name)
+        if spec is None:
+            raise ConfigError(path, section, None, f"unknown app (known apps: {', '.join(sorted(APPS))})")
+        # an app's own default (carparty's larger frames) yields to a value the operator set in [limits]
+        app_limit_defaults = {
+            key: limits_dict[key] if key in limit_values else spec.limit_defaults.get(key, limits_dict[key])
+            for key in LIMIT_OPTIONS
+        }
+        app_limit_options = {
+            key: attr.evolve(option, default=app_limit_defaults[key]) for key, option in LIMIT_OPTIONS.items()
+        }
+        clash = set(spec.options) & (set(APP_COMMON_OPTIONS) | set(LIMIT_OPTIONS))
+        assert not clash, f"app {name} redefines {clash}"
+        schema = {**APP_COMMON_OPTIONS, **app_limit_options, **spec.options}
+        opts = parse_section(path, section, values, schema)
+        try:
+            mount = url_path(opts["path"])
+        except BadValue as e:
+            raise ConfigError(path, section, "path", str(e)) from None
+        if not opts["listeners"]:
+            raise ConfigError(path, section, "listeners", "names no listener")
+        for listener in opts["listeners"]:
+            if listener not in listeners:
+                raise ConfigError(path, section, "listeners", f"no [listener:{listener}] section")
+            other = mounts.get((listener, mount))
+            if other is not None:
+                raise ConfigError(
+                    path, section, "path",
+                    f"{mount} on listener {listener} is already the mount path of app {other}",
+                )
+            if mount in RESERVED_PATHS and (listeners[listener].health or listeners[listener].metrics):
+                raise ConfigError(path, section, "path", f"{mount} is served by the daemon itself on {listener}")
+            mounts[(listener, mount)] = name
+        app_limits = Limits(**{key: opts.pop(key) for key in LIMIT_OPTIONS})
+        app_options: dict[str, Any] = {key: opts[key] for key in spec.options}
+        try:
+            spec.validate(app_options)
+        except BadValue as e:
+            raise ConfigError(path, section, None, str(e)) from None
+        apps[name] = AppConfig(
+            name=name,
+            listeners=tuple(opts["listeners"]),
+            path=mount,
+            limits=app_limits,
+            options=app_options,
+        )
+
+    if not listeners:
+        raise ConfigError(path, None, None, "no [listener:NAME] section: relayd would listen nowhere")
+    return Config(path=path, daemon=daemon, limits=limits, listeners=listeners, apps=apps, bus=bus)
+

@@ -1,0 +1,132 @@
+"""The validated configuration, as plain frozen data."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import attr
+
+from relayd.config.endpoint import Endpoint
+from relayd.config.schema import (
+    Option,
+    boolean,
+    choice,
+    integer,
+    nonempty,
+    number,
+    size,
+    text,
+    words,
+)
+
+DAEMON_OPTIONS: dict[str, Option] = {
+    "state_dir": Option(nonempty, "var/relayd", "Directory for durable state; relative to the working directory; created on start."),
+    "store": Option(text, "", "SQLite file of the durable store; default <state_dir>/relayd.sqlite3."),
+    "log_format": Option(choice("text", "json"), "text", "Log output: text lines, or one JSON object per line."),
+    "log_level": Option(choice("debug", "info", "warn", "error", "critical"), "info", "Lowest level logged."),
+    "drain_timeout": Option(number(0, 3600), 10.0, "Seconds a stop waits for WebSockets to close after close 1001."),
+}
+
+LIMIT_OPTIONS: dict[str, Option] = {
+    "max_message_size": Option(size(1), 64 * 1024, "Largest WebSocket message accepted; larger closes with 1009."),
+    "max_frame_size": Option(size(1), 64 * 1024, "Largest WebSocket frame accepted; larger closes with 1009."),
+    "open_handshake_timeout": Option(number(0.1, 600), 5.0, "Seconds from TCP accept to a completed WebSocket handshake."),
+    "close_handshake_timeout": Option(number(0.1, 600), 5.0, "Seconds to wait for the peer's close frame before dropping."),
+    "max_request_size": Option(size(1024, 1024 * 1024), 16 * 1024, "Largest HTTP request head (request line plus headers)."),
+    "auto_ping_interval": Option(number(0, 3600), 20.0, "Seconds between keepalive pings; 0 turns keepalive off."),
+    "auto_ping_timeout": Option(number(0, 3600), 10.0, "Seconds to wait for a pong before dropping the connection."),
+    "allowed_origins": Option(words, ("*",), "Origins allowed to open WebSockets: *, or scheme://host[:port] (wildcards allowed in the host)."),
+    "trust_x_forwarded_for": Option(integer(0, 16), 0, "Proxies in front of relayd whose X-Forwarded-For is believed; 0 believes none."),
+    "rate_limit": Option(number(0), 100.0, "Messages per second one connection may send on average; 0 turns it off."),
+    "rate_burst": Option(integer(1), 200, "Messages one connection may send at once above the average."),
+    "max_send_backlog": Option(size(1024), 1024 * 1024, "Bytes queued for a client that does not read before it is disconnected."),
+    "max_send_backlog_age": Option(number(0.1, 3600), 30.0, "Seconds a client may block its send queue before it is disconnected."),
+}
+
+LISTENER_OPTIONS: dict[str, Option] = {
+    "endpoint": Option(nonempty, doc="Twisted endpoint string: tcp:, ssl:, unix:, systemd:."),
+    "tls_key": Option(text, "", "Private key file (PEM) for a TLS listener not written as ssl:."),
+    "tls_cert": Option(text, "", "Certificate file (PEM) for a TLS listener not written as ssl:."),
+    "tls_chain": Option(text, "", "Intermediate certificates (PEM) sent after the certificate."),
+    "health": Option(boolean, True, "Serve /healthz and /readyz on this listener."),
+    "metrics": Option(boolean, True, "Serve Prometheus /metrics on this listener."),
+    "max_connections": Option(integer(1), 10000, "Open connections this listener accepts at once."),
+    "max_connections_per_address": Option(integer(0), 256, "Open connections from one client address; 0 for no limit."),
+    "demo": Option(boolean, False, "Serve each mounted app's demo page."),
+}
+
+BUS_OPTIONS: dict[str, Option] = {
+    "backend": Option(choice("memory"), "memory", "Where fan-out happens: memory (one process)."),
+}
+
+APP_COMMON_OPTIONS: dict[str, Option] = {
+    "listeners": Option(words, doc="Listeners this app is mounted on."),
+    "path": Option(nonempty, doc="Mount path: the app answers here and below."),
+}
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class DaemonConfig:
+    state_dir: str
+    store: str
+    log_format: str
+    log_level: str
+    drain_timeout: float
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class Limits:
+    max_message_size: int
+    max_frame_size: int
+    open_handshake_timeout: float
+    close_handshake_timeout: float
+    max_request_size: int
+    auto_ping_interval: float
+    auto_ping_timeout: float
+    allowed_origins: tuple[str, ...]
+    trust_x_forwarded_for: int
+    rate_limit: float
+    rate_burst: int
+    max_send_backlog: int
+    max_send_backlog_age: float
+
+    @classmethod
+    def defaults(cls, **overrides: Any) -> "Limits":
+        values = {name: option.default for name, option in LIMIT_OPTIONS.items()}
+        values.update(overrides)
+        return cls(**values)
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class ListenerConfig:
+    name: str
+    endpoint: Endpoint
+    health: bool = True
+    metrics: bool = True
+    max_connections: int = 10000
+    max_connections_per_address: int = 256
+    demo: bool = False
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class AppConfig:
+    name: str
+    listeners: tuple[str, ...]
+    path: str
+    limits: Limits
+    options: Mapping[str, Any]
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class BusConfig:
+    backend: str = "memory"
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class Config:
+    path: str
+    daemon: DaemonConfig
+    limits: Limits
+    listeners: Mapping[str, ListenerConfig]
+    apps: Mapping[str, AppConfig]
+    bus: BusConfig = BusConfig()

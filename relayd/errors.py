@@ -1,0 +1,25 @@
+"""The one exception type an app core raises for bad input; each adapter turns it into its protocol's error form."""
+
+from __future__ import annotations
+
+
+class ProtocolError(Exception):
+    """
+    A client broke the protocol.
+
+    kind: a short machine-readable label, used as the metric label and, where the protocol has
+    error names (groovejet's errorType), on the wire.
+    message: a sentence for the client and the log.
+    close: whether the protocol ends the connection for this error.
+    code: the WebSocket close code when it does.
+    """
+
+    def __init__(self, kind: str, message: str, close: bool = False, code: int = 1008):
+        super().__init__(kind, message)
+        self.kind = kind
+        self.message = message
+        self.close = close
+        self.code = code
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.message}"

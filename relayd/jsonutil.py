@@ -1,0 +1,53 @@
+"""
+Strict JSON for everything that comes off the wire.
+
+Python's json accepts what browsers cannot send back (NaN, Infinity, 1e400 as inf) and raises odd
+errors on hostile input (deep nesting, 5000-digit integers); here every such input is one
+BadJSON, and every output is JSON a browser can parse.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+
+class BadJSON(ValueError):
+    pass
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise BadJSON(f"number {text[:20]} is out of range")
+    return value
+
+
+def _reject_constant(name: str) -> Any:
+    raise BadJSON(f"{name} is not JSON")
+
+
+_decoder = json.JSONDecoder(parse_float=_finite, parse_constant=_reject_constant)
+_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+_ascii_encoder = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+
+
+def loads(data: bytes | str) -> Any:
+    try:
+        if isinstance(data, bytes):
+            data = data.decode("utf-8")
+        return _decoder.decode(data)
+    except BadJSON:
+        raise
+    except (ValueError, RecursionError, UnicodeDecodeError) as e:
+        raise BadJSON(str(e).split("\n")[0][:200]) from None
+
+
+def dumps(value: Any) -> bytes:
+    """Compact UTF-8 JSON; a string holding a lone surrogate is written escaped rather than failing."""
+    text = _encoder.encode(value)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _ascii_encoder.encode(value).encode("ascii")

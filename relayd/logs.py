@@ -1,0 +1,33 @@
+"""Log output chosen in the config: text lines or one JSON object per line, filtered by level."""
+
+from __future__ import annotations
+
+import sys
+from typing import IO
+
+from twisted.logger import (
+    FilteringLogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    jsonFileLogObserver,
+    textFileLogObserver,
+)
+
+
+def make_observer(log_format: str, level: str, out: IO[str] | None = None):
+    out = out if out is not None else sys.stdout
+    if log_format == "json":
+        base = jsonFileLogObserver(out, recordSeparator="")
+    else:
+        base = textFileLogObserver(out)
+    predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(level))
+    # Autobahn logs each dropped peer at warn and every frame at debug: its own namespace is kept at warn
+    predicate.setLogLevelForNamespace("autobahn", max(LogLevel.levelWithName(level), LogLevel.warn, key=_rank))
+    return FilteringLogObserver(base, [predicate])
+
+
+_ORDER = [LogLevel.debug, LogLevel.info, LogLevel.warn, LogLevel.error, LogLevel.critical]
+
+
+def _rank(level) -> int:
+    return _ORDER.index(level)

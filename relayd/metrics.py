@@ -1,0 +1,90 @@
+"""
+Prometheus metrics, one registry per daemon so that several services (tests, several nodes in one
+process) never collide.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import GaugeMetricFamily
+
+
+class _RoomsCollector:
+    """Asks each app how many rooms it holds at scrape time, instead of tracking a gauge by hand."""
+
+    def __init__(self) -> None:
+        self.sources: dict[str, Callable[[], int]] = {}
+
+    def collect(self):
+        family = GaugeMetricFamily("relayd_rooms", "Rooms, groups or channels an app holds", labels=["app"])
+        for app, count in sorted(self.sources.items()):
+            family.add_metric([app], count())
+        yield family
+
+    def describe(self):
+        return []
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.connections_open = Gauge("relayd_connections_open", "Open WebSocket connections", ["app"], registry=r)
+        self.connections = Counter("relayd_connections", "WebSocket connections opened", ["app"], registry=r)
+        self.messages_in = Counter("relayd_messages_received", "WebSocket messages received", ["app"], registry=r)
+        self.messages_out = Counter("relayd_messages_sent", "WebSocket messages sent", ["app"], registry=r)
+        self.bytes_in = Counter("relayd_received_bytes", "WebSocket payload bytes received", ["app"], registry=r)
+        self.bytes_out = Counter("relayd_sent_bytes", "WebSocket frame bytes sent", ["app"], registry=r)
+        self.closes = Counter("relayd_closes", "WebSocket closes by close code", ["app", "code"], registry=r)
+        self.protocol_errors = Counter(
+            "relayd_protocol_errors", "Bad input from clients, by kind", ["app", "kind"], registry=r
+        )
+        self.drops = Counter(
+            "relayd_dropped", "Connections or messages an app dropped as its protocol defines, by reason",
+            ["app", "reason"], registry=r,
+        )
+        self.rejected = Counter(
+            "relayd_connections_rejected", "Connections refused before a WebSocket opened, by reason",
+            ["listener", "reason"], registry=r,
+        )
+        self.http_requests = Counter(
+            "relayd_http_requests", "HTTP requests answered by app endpoints", ["app", "code"], registry=r
+        )
+        self.ready = Gauge("relayd_ready", "1 while the daemon accepts new work", registry=r)
+        self.tick_errors = Counter("relayd_tick_errors", "Errors caught in scheduled ticks", ["app"], registry=r)
+        self._rooms = _RoomsCollector()
+        r.register(self._rooms)
+
+    def count_rooms(self, app: str, count: Callable[[], int]) -> None:
+        self._rooms.sources[app] = count
+
+    def for_app(self, app: str) -> "AppMetrics":
+        return AppMetrics(self, app)
+
+
+class AppMetrics:
+    """The labelled children one app uses, resolved once rather than per message."""
+
+    def __init__(self, metrics: Metrics, app: str):
+        self.parent = metrics
+        self.app = app
+        self.connections_open = metrics.connections_open.labels(app)
+        self.connections = metrics.connections.labels(app)
+        self.messages_in = metrics.messages_in.labels(app)
+        self.messages_out = metrics.messages_out.labels(app)
+        self.bytes_in = metrics.bytes_in.labels(app)
+        self.bytes_out = metrics.bytes_out.labels(app)
+
+    def closed(self, code: int | None) -> None:
+        self.parent.closes.labels(self.app, str(code if code is not None else 1006)).inc()
+
+    def protocol_error(self, kind: str) -> None:
+        self.parent.protocol_errors.labels(self.app, kind).inc()
+
+    def dropped(self, reason: str, count: int = 1) -> None:
+        self.parent.drops.labels(self.app, reason).inc(count)
+
+    def http(self, code: int) -> None:
+        self.parent.http_requests.labels(self.app, str(code)).inc()

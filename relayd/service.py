@@ -1,0 +1,152 @@
+"""
+The daemon as a Twisted service tree: config -> RelaydService -> Listeners -> Sites -> app mounts.
+
+Start: the store opens, apps start, listeners bind (a bind failure stops start-up with one line).
+Stop (SIGTERM under twistd): readiness turns 503 and new WebSocket upgrades are refused with 503,
+every WebSocket gets close 1001, the daemon waits up to drain_timeout for them to go, aborts what
+is left, stops listening, stops the apps and closes the store.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from twisted.application.service import MultiService
+from twisted.internet import defer
+from twisted.logger import ILogObserver, Logger
+
+from relayd.apps.base import AppContext
+from relayd.apps.registry import APPS
+from relayd.bus import MemoryBus
+from relayd.config.model import Config
+from relayd.listener import Listener, StartupError
+from relayd.logs import make_observer
+from relayd.metrics import Metrics
+from relayd.store import SqliteStore
+from relayd.web.resources import AppMount, Health, Metrics as MetricsPage, Readiness
+from relayd.ws.factory import RelaydFactory
+
+_log = Logger()
+
+
+class RelaydService(MultiService):
+    def __init__(self, config: Config, *, reactor=None, store=None, bus=None, metrics=None, handle_signals=False):
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+
+            reactor = global_reactor
+        self.config = config
+        self.reactor = reactor
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.bus = bus if bus is not None else MemoryBus()
+        self.handle_signals = handle_signals
+        self.ready = False
+        self.draining = False
+        self.state_dir = config.daemon.state_dir
+        self.store = store if store is not None else self._open_store()
+        self.listeners: dict[str, Listener] = {}
+        for name, listener_config in config.listeners.items():
+            listener = Listener(listener_config, reactor=reactor, limits=config.limits, metrics=self.metrics)
+            listener.setServiceParent(self)
+            self.listeners[name] = listener
+            if listener_config.health:
+                listener.router.mount("/healthz", Health())
+                listener.router.mount("/readyz", Readiness(lambda: self.ready))
+            if listener_config.metrics:
+                listener.router.mount("/metrics", MetricsPage(self.metrics.registry))
+        self.apps = {}
+        for name, app_config in config.apps.items():
+            app_metrics = self.metrics.for_app(name)
+            ctx = AppContext(
+                name=name, config=app_config, reactor=reactor, bus=self.bus, store=self.store,
+                metrics=app_metrics, state_dir=self.state_dir,
+            )
+            app = APPS[name].build(ctx)
+            self.apps[name] = app
+            self.metrics.count_rooms(name, app.room_count)
+            for listener_name in app_config.listeners:
+                listener = self.listeners[listener_name]
+                factory = RelaydFactory(
+                    protocol=app.protocol, app=app, app_name=name, limits=app_config.limits,
+                    metrics=app_metrics, reactor=reactor, listener_name=listener_name, secure=listener.secure,
+                )
+                factory.daemon = self
+                listener.router.mount(
+                    app_config.path, AppMount(factory, app.http_resource(), app.accepts_websocket_path, self)
+                )
+        self.metrics.ready.set(0)
+
+    def _open_store(self):
+        path = self.config.daemon.store or os.path.join(self.state_dir, "relayd.sqlite3")
+        try:
+            os.makedirs(self.state_dir, exist_ok=True)
+            return SqliteStore(path, reactor=self.reactor)
+        except Exception as e:
+            raise StartupError(f"cannot open the state store {path}: {e}") from None
+
+    def setServiceParent(self, parent):
+        # twistd asks the application for an ILogObserver before it starts logging: that is where the
+        # configured format and level take effect (unless --logger was given on the command line)
+        set_component = getattr(parent, "setComponent", None)
+        if set_component is not None and parent.getComponent(ILogObserver, None) is None:
+            set_component(ILogObserver, make_observer(self.config.daemon.log_format, self.config.daemon.log_level))
+        super().setServiceParent(parent)
+
+    @defer.inlineCallbacks
+    def startService(self):
+        _log.info("relayd starting with {config}", config=self.config.path)
+        for name, app in self.apps.items():
+            try:
+                yield defer.maybeDeferred(app.start)
+            except Exception:
+                _log.failure("app {app} failed to start", app=name)
+                raise
+        super().startService()
+        if self.handle_signals:
+            self._install_sighup()
+        self.ready = True
+        self.metrics.ready.set(1)
+        for listener in self.listeners.values():
+            _log.info(
+                "listening on {endpoint} ({listener})",
+                endpoint=listener.config.endpoint.description, listener=listener.config.name,
+            )
+
+    def _install_sighup(self):
+        def on_sighup(signum, frame):
+            self.reactor.callFromThread(self.reload)
+
+        signal.signal(signal.SIGHUP, on_sighup)
+
+    def reload(self):
+        """SIGHUP: re-read certificate files; new connections get the renewed certificates."""
+        for listener in self.listeners.values():
+            listener.reload_tls()
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        self.ready = False
+        self.draining = True
+        self.metrics.ready.set(0)
+        told = sum(listener.close_all() for listener in self.listeners.values())
+        _log.info("draining: told {count} WebSockets the server is going away", count=told)
+        drained = defer.DeferredList([listener.tracker.when_empty() for listener in self.listeners.values()])
+        timeout = self.config.daemon.drain_timeout
+        drained.addTimeout(timeout, self.reactor)
+        try:
+            yield drained
+        except defer.TimeoutError:
+            aborted = sum(listener.abort_all() for listener in self.listeners.values())
+            _log.warn("drain timeout after {timeout}s: aborted {count} connections", timeout=timeout, count=aborted)
+        yield defer.DeferredList([listener.stop_accepting() for listener in self.listeners.values()])
+        yield defer.maybeDeferred(super().stopService)
+        for name, app in self.apps.items():
+            try:
+                yield defer.maybeDeferred(app.stop)
+            except Exception:
+                _log.failure("app {app} failed to stop cleanly", app=name)
+        yield self.store.close()
+        _log.info("relayd stopped")
+

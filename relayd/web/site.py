@@ -1,0 +1,130 @@
+"""
+The twisted.web Site of one listener, hardened for the open internet.
+
+- The request head (request line and headers) is capped at max_request_size and must arrive within
+  open_handshake_timeout of the connection (or of the previous response): a client that trickles a
+  never-ending head is cut off by time and by size, and its buffered bytes stay bounded.
+- Connections are counted per listener and per client address (relayd.web.tracker).
+- ALPN only ever selects http/1.1: WebSocket over HTTP/2 is not served, and browsers that offer
+  `h2,http/1.1` complete the TLS handshake on http/1.1.
+"""
+
+from __future__ import annotations
+
+from twisted.logger import Logger
+from twisted.web import http, server
+
+from relayd.web.tracker import ConnectionTracker
+
+_log = Logger()
+
+HTTP_IDLE_TIMEOUT = 60
+
+
+class RelaydChannel(http.HTTPChannel):
+    slot = None
+    _head_deadline = None
+
+    def connectionMade(self):
+        super().connectionMade()
+        self._arm_head_deadline()
+
+    def _arm_head_deadline(self):
+        self._cancel_head_deadline()
+        self._head_deadline = self.callLater(self.site.limits.open_handshake_timeout, self._head_timed_out)
+
+    def _cancel_head_deadline(self):
+        deadline, self._head_deadline = self._head_deadline, None
+        if deadline is not None and deadline.active():
+            deadline.cancel()
+
+    def _head_timed_out(self):
+        self._head_deadline = None
+        self.site.reject("request_head_timeout")
+        _log.info(
+            "listener {listener}: request head not complete in time from {peer}",
+            listener=self.site.listener_name, peer=_peer(self.transport),
+        )
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    def allHeadersReceived(self):
+        self._cancel_head_deadline()
+        super().allHeadersReceived()
+
+    def requestDone(self, request):
+        super().requestDone(request)
+        if self.transport is not None and not self._handlingRequest:
+            self._arm_head_deadline()
+
+    def _respondToBadRequestAndDisconnect(self):
+        self.site.reject("bad_request")
+        _log.info(
+            "listener {listener}: bad or oversized HTTP request from {peer}",
+            listener=self.site.listener_name, peer=_peer(self.transport),
+        )
+        super()._respondToBadRequestAndDisconnect()
+
+    def lineLengthExceeded(self, line):
+        self._respondToBadRequestAndDisconnect()
+
+    def hand_over(self):
+        """The WebSocket protocol takes this connection: stop every timer and give up the slot."""
+        self._cancel_head_deadline()
+        self.setTimeout(None)
+        slot, self.slot = self.slot, None
+        return slot
+
+    def connectionLost(self, reason):
+        self._cancel_head_deadline()
+        if self.slot is not None:
+            self.slot.release()
+            self.slot = None
+        super().connectionLost(reason)
+
+
+def _peer(transport) -> str:
+    try:
+        peer = transport.getPeer()
+        return f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
+    except Exception:
+        return "?"
+
+
+class RelaydSite(server.Site):
+    protocol = RelaydChannel
+    displayTracebacks = False
+
+    def __init__(self, resource, *, reactor, tracker: ConnectionTracker, limits, metrics, listener_name: str):
+        super().__init__(resource, reactor=reactor, timeout=HTTP_IDLE_TIMEOUT)
+        self.tracker = tracker
+        self.limits = limits
+        self.metrics = metrics
+        self.listener_name = listener_name
+        self.noisy = False
+
+    def buildProtocol(self, addr):
+        address = getattr(addr, "host", None) or "local"
+        slot, reason = self.tracker.acquire(address)
+        if slot is None:
+            self.reject(reason)
+            _log.warn(
+                "listener {listener}: refused a connection from {address}: {reason}",
+                listener=self.listener_name, address=address, reason=reason,
+            )
+            return None
+        channel = super().buildProtocol(addr)
+        channel.slot = slot
+        slot.channel = channel
+        channel.totalHeadersSize = self.limits.max_request_size
+        channel.MAX_LENGTH = self.limits.max_request_size
+        return channel
+
+    def reject(self, reason: str) -> None:
+        self.metrics.rejected.labels(self.listener_name, reason).inc()
+
+    def acceptableProtocols(self):
+        return [b"http/1.1"]
+
+    def log(self, request):
+        """Access logging is left to the apps' own log lines and metrics."""

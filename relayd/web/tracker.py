@@ -1,0 +1,72 @@
+"""
+Connection accounting for one listener: the total and per-address caps, and the set of live
+connections a drain closes.
+
+Each accepted connection holds a Slot from accept to close. The HTTP channel holds it first; when the
+request upgrades, the slot moves to the WebSocket protocol that takes over the transport.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from twisted.internet import defer
+
+
+class Slot:
+    __slots__ = ("tracker", "address", "websocket", "channel", "released")
+
+    def __init__(self, tracker: "ConnectionTracker", address: str):
+        self.tracker = tracker
+        self.address = address
+        self.websocket = None
+        self.channel = None
+        self.released = False
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.tracker._release(self)
+
+
+class ConnectionTracker:
+    def __init__(self, max_connections: int, max_per_address: int):
+        self.max_connections = max_connections
+        self.max_per_address = max_per_address
+        self.slots: set[Slot] = set()
+        self._per_address: Counter[str] = Counter()
+        self._empty_waiters: list[defer.Deferred] = []
+
+    def acquire(self, address: str) -> tuple[Slot | None, str]:
+        """A slot, or None and the reason the connection is refused."""
+        if len(self.slots) >= self.max_connections:
+            return None, "max_connections"
+        if self.max_per_address and self._per_address[address] >= self.max_per_address:
+            return None, "max_connections_per_address"
+        slot = Slot(self, address)
+        self.slots.add(slot)
+        self._per_address[address] += 1
+        return slot, ""
+
+    def _release(self, slot: Slot) -> None:
+        self.slots.discard(slot)
+        self._per_address[slot.address] -= 1
+        if self._per_address[slot.address] <= 0:
+            del self._per_address[slot.address]
+        if not self.slots:
+            waiters, self._empty_waiters = self._empty_waiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def __len__(self) -> int:
+        return len(self.slots)
+
+    def websockets(self) -> list:
+        return [slot.websocket for slot in self.slots if slot.websocket is not None]
+
+    def when_empty(self) -> defer.Deferred:
+        if not self.slots:
+            return defer.succeed(None)
+        d: defer.Deferred = defer.Deferred()
+        self._empty_waiters.append(d)
+        return d

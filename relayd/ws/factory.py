@@ -1,0 +1,47 @@
+"""The per-app, per-listener Autobahn factory, carrying the hardened options and what adapters need."""
+
+from __future__ import annotations
+
+from autobahn.twisted.websocket import WebSocketServerFactory
+
+from relayd.config.model import Limits
+from relayd.metrics import AppMetrics
+from relayd.ws._autobahn import install_clock
+from relayd.ws.origin import OriginPolicy
+
+
+class RelaydFactory(WebSocketServerFactory):
+    def __init__(
+        self,
+        *,
+        protocol,
+        app,
+        app_name: str,
+        limits: Limits,
+        metrics: AppMetrics,
+        reactor,
+        listener_name: str = "",
+        secure: bool = False,
+    ):
+        super().__init__(reactor=reactor, server="relayd")
+        self.protocol = protocol
+        self.app = app
+        self.app_name = app_name
+        self.limits = limits
+        self.metrics = metrics
+        self.listener_name = listener_name
+        self.isSecure = secure
+        self.origins = OriginPolicy(limits.allowed_origins)
+        install_clock(self, reactor)
+        self.setProtocolOptions(
+            maxMessagePayloadSize=limits.max_message_size,
+            maxFramePayloadSize=limits.max_frame_size,
+            openHandshakeTimeout=limits.open_handshake_timeout,
+            closeHandshakeTimeout=limits.close_handshake_timeout,
+            autoPingInterval=limits.auto_ping_interval,
+            autoPingTimeout=limits.auto_ping_timeout,
+            trustXForwardedFor=limits.trust_x_forwarded_for,
+            # send the close frame (1002, 1007, 1009) before dropping, so clients learn why
+            failByDrop=False,
+            webStatus=False,
+        )

@@ -1,0 +1,258 @@
+"""
+The WebSocket connection every app adapter builds on.
+
+It owns what is the same for every app: origin checks, the inbound rate limit, metrics and logging,
+guarding Autobahn's callbacks (Autobahn swallows errors raised in onConnect/onOpen), turning a
+ProtocolError into the app's error form, the drain close (1001), and the one outbound path with the
+slow-consumer policy.
+
+Outbound flow control: the connection registers itself as the transport's streaming producer. While
+the transport's buffer is full (the peer is not reading), frames wait in a per-connection queue
+instead of the transport; the queue is bounded by bytes (max_send_backlog) and by how long the
+transport has stayed blocked (max_send_backlog_age). Past either bound the connection is closed
+with SLOW_CONSUMER and aborted, so one stuck reader costs bounded memory and never delays others.
+
+Adapters override the hooks: connecting(request), opened(), received(payload, is_binary),
+closed(), and report(error) for their protocol's error form.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from autobahn.twisted.websocket import WebSocketServerProtocol
+from autobahn.websocket.protocol import WebSocketProtocol
+from autobahn.websocket.types import ConnectionDeny
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from relayd.errors import ProtocolError
+from relayd.ws import closecodes
+from relayd.ws.frames import Frame
+from relayd.ws.ratelimit import TokenBucket
+
+_OPEN = WebSocketProtocol.STATE_OPEN
+
+
+@implementer(IPushProducer)
+class RelaydProtocol(WebSocketServerProtocol):
+    _log = Logger()
+
+    # True where the app's protocol defines binary messages; otherwise binary() decides
+    accepts_binary = False
+
+    slot = None  # the listener's connection slot, handed over from the HTTP channel
+    websocket_open = False
+    request = None
+
+    # ---- Autobahn entry points -------------------------------------------------------------
+
+    def connectionMade(self):
+        super().connectionMade()
+        factory = self.factory
+        self._clock = factory.reactor
+        self._bucket = TokenBucket(factory.limits.rate_limit, factory.limits.rate_burst, self._clock.seconds())
+        self._queue: deque[Frame] = deque()
+        self._queued_bytes = 0
+        self._blocked = False
+        self._blocked_timer = None
+        try:
+            self.transport.unregisterProducer()
+        except RuntimeError:
+            pass
+        self.transport.registerProducer(self, True)
+
+    def onConnect(self, request):
+        try:
+            origin = request.headers.get("origin")
+            if not self.factory.origins.allows(origin):
+                self.factory.metrics.parent.rejected.labels(self.factory.listener_name, "origin").inc()
+                self._log.info(
+                    "{app}: origin {origin} refused for {peer}", app=self.factory.app_name, origin=origin, peer=self.peer
+                )
+                raise ConnectionDeny(403, "origin not allowed")
+            self.request = request
+            return self.connecting(request)
+        except ConnectionDeny:
+            raise
+        except ProtocolError as e:
+            self.factory.metrics.protocol_error(e.kind)
+            raise ConnectionDeny(400, e.message)
+        except Exception:
+            self._log.failure("{app}: connecting failed", app=self.factory.app_name)
+            raise ConnectionDeny(500, "internal error")
+
+    def onOpen(self):
+        metrics = self.factory.metrics
+        try:
+            self.websocket_open = True
+            metrics.connections.inc()
+            metrics.connections_open.inc()
+            if self.slot is not None:
+                self.slot.websocket = self
+            self.opened()
+        except ProtocolError as e:
+            self._protocol_error(e)
+        except Exception:
+            self._log.failure("{app}: opening failed", app=self.factory.app_name)
+            self._internal_error()
+
+    def onMessage(self, payload, isBinary):
+        metrics = self.factory.metrics
+        metrics.messages_in.inc()
+        metrics.bytes_in.inc(len(payload))
+        if not self._bucket.take(self._clock.seconds()):
+            metrics.protocol_error("rate_limited")
+            self._log.info("{app}: {peer} exceeded the rate limit", app=self.factory.app_name, peer=self.peer)
+            self.close(closecodes.RATE_LIMITED, "rate limit exceeded")
+            return
+        try:
+            if isBinary and not self.accepts_binary:
+                self.binary(payload)
+            else:
+                self.received(payload, isBinary)
+        except ProtocolError as e:
+            self._protocol_error(e)
+        except Exception:
+            self._log.failure("{app}: handling a message failed", app=self.factory.app_name)
+            self._internal_error()
+
+    def onClose(self, wasClean, code, reason):
+        metrics = self.factory.metrics
+        self._cancel_blocked_timer()
+        self._queue.clear()
+        self._queued_bytes = 0
+        if self.slot is not None:
+            self.slot.release()
+        if not self.websocket_open:
+            return
+        self.websocket_open = False
+        metrics.connections_open.dec()
+        sent = self.localCloseCode if self.closedByMe else None
+        metrics.closed(sent if sent is not None else (code if code is not None else 1006))
+        try:
+            self.closed()
+        except Exception:
+            self._log.failure("{app}: cleaning up a connection failed", app=self.factory.app_name)
+
+    # ---- hooks for adapters ------------------------------------------------------------------
+
+    def connecting(self, request):
+        """Inspect the upgrade request; raise ProtocolError or ConnectionDeny to refuse it."""
+        return None
+
+    def opened(self) -> None:
+        """The WebSocket is open."""
+
+    def received(self, payload: bytes, is_binary: bool) -> None:
+        """A message arrived."""
+
+    def binary(self, payload: bytes) -> None:
+        """A binary message on a text protocol: closed with 1003 unless the adapter says otherwise."""
+        raise ProtocolError("binary_frame", "binary messages are not part of this protocol", close=True,
+                            code=closecodes.UNSUPPORTED_DATA)
+
+    def closed(self) -> None:
+        """The connection is gone; release everything it held."""
+
+    def report(self, error: ProtocolError) -> None:
+        """Put a ProtocolError on the wire in the protocol's own form; by default close when it says so."""
+        if error.close:
+            self.close(error.code, error.message)
+
+    # ---- outbound ---------------------------------------------------------------------------
+
+    def send_frame(self, frame: Frame) -> None:
+        """The one outbound path: write now, or queue while the peer is not reading."""
+        if self.state != _OPEN:
+            return
+        if self._blocked or self._queue:
+            self._queue.append(frame)
+            self._queued_bytes += len(frame)
+            if self._queued_bytes > self.factory.limits.max_send_backlog:
+                self._slow_consumer("size")
+            return
+        self._write(frame)
+
+    def _write(self, frame: Frame) -> None:
+        wire = frame.wire
+        self.sendData(wire)
+        metrics = self.factory.metrics
+        metrics.messages_out.inc()
+        metrics.bytes_out.inc(len(wire))
+
+    def pauseProducing(self):
+        if not self._blocked:
+            self._blocked = True
+            self._blocked_timer = self._clock.callLater(
+                self.factory.limits.max_send_backlog_age, self._slow_consumer, "age"
+            )
+
+    def resumeProducing(self):
+        if not self._blocked:
+            return
+        self._blocked = False
+        self._cancel_blocked_timer()
+        queue = self._queue
+        # writing may block the transport again, which calls pauseProducing and stops this loop
+        while queue and not self._blocked and self.state == _OPEN:
+            frame = queue.popleft()
+            self._queued_bytes -= len(frame)
+            self._write(frame)
+        if self._blocked and queue and self._blocked_timer is None:
+            self.pauseProducing()
+
+    def stopProducing(self):
+        self._cancel_blocked_timer()
+        self._queue.clear()
+        self._queued_bytes = 0
+
+    def _cancel_blocked_timer(self):
+        timer, self._blocked_timer = getattr(self, "_blocked_timer", None), None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _slow_consumer(self, why: str) -> None:
+        self._blocked_timer = None
+        if self.state != _OPEN:
+            return
+        self.factory.metrics.protocol_error("slow_consumer")
+        self._log.info(
+            "{app}: disconnecting slow consumer {peer} ({why}, {queued} bytes queued)",
+            app=self.factory.app_name, peer=self.peer, why=why, queued=self._queued_bytes,
+        )
+        self._queue.clear()
+        self._queued_bytes = 0
+        self.close(closecodes.SLOW_CONSUMER, "slow consumer: send backlog exceeded")
+        # the peer is not reading, so its close frame would never come: do not wait for it
+        self.dropConnection(abort=True)
+
+    # ---- closing ----------------------------------------------------------------------------
+
+    def close(self, code: int, reason: str = "") -> None:
+        """Close with any code, including 1001 and 1011 which Autobahn's sendClose refuses."""
+        if self.state == _OPEN:
+            self.sendCloseFrame(code, reason.encode("utf-8")[:123])
+        elif self.state == WebSocketProtocol.STATE_CONNECTING:
+            self.dropConnection(abort=True)
+
+    def going_away(self) -> None:
+        """Drain: tell the client the server is going away."""
+        self.close(closecodes.GOING_AWAY, "server shutting down")
+
+    def _protocol_error(self, error: ProtocolError) -> None:
+        self.factory.metrics.protocol_error(error.kind)
+        self._log.info(
+            "{app}: protocol error from {peer}: {kind}: {message}",
+            app=self.factory.app_name, peer=self.peer, kind=error.kind, message=error.message,
+        )
+        try:
+            self.report(error)
+        except Exception:
+            self._log.failure("{app}: reporting a protocol error failed", app=self.factory.app_name)
+            self._internal_error()
+
+    def _internal_error(self) -> None:
+        self.factory.metrics.protocol_error("internal")
+        self.close(closecodes.INTERNAL_ERROR, "internal error")
