@@ -125,6 +125,22 @@ class RelaydService(MultiService):
         for listener in self.listeners.values():
             listener.reload_tls()
 
+    def _all_closed_within(self, timeout: float) -> defer.Deferred:
+        """Fires True once every listener is empty, or False when timeout passes first."""
+        outcome: defer.Deferred = defer.Deferred()
+
+        def settle(value):
+            if not outcome.called:
+                outcome.callback(value)
+                if timer.active():
+                    timer.cancel()
+
+        timer = self.reactor.callLater(timeout, settle, False)
+        defer.gatherResults([listener.tracker.when_empty() for listener in self.listeners.values()]).addCallback(
+            lambda _: settle(True)
+        )
+        return outcome
+
     @defer.inlineCallbacks
     def stopService(self):
         self.ready = False
@@ -132,12 +148,8 @@ class RelaydService(MultiService):
         self.metrics.ready.set(0)
         told = sum(listener.close_all() for listener in self.listeners.values())
         _log.info("draining: told {count} WebSockets the server is going away", count=told)
-        drained = defer.DeferredList([listener.tracker.when_empty() for listener in self.listeners.values()])
         timeout = self.config.daemon.drain_timeout
-        drained.addTimeout(timeout, self.reactor)
-        try:
-            yield drained
-        except defer.TimeoutError:
+        if not (yield self._all_closed_within(timeout)):
             aborted = sum(listener.abort_all() for listener in self.listeners.values())
             _log.warn("drain timeout after {timeout}s: aborted {count} connections", timeout=timeout, count=aborted)
         yield defer.DeferredList([listener.stop_accepting() for listener in self.listeners.values()])

@@ -9,7 +9,8 @@ offering `h2,http/1.1` settles on http/1.1.
 
 from __future__ import annotations
 
-from OpenSSL import crypto
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from twisted.internet import ssl
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
@@ -32,24 +33,16 @@ def _read(path: str, what: str) -> bytes:
         raise TLSLoadError(f"cannot read the {what} file {path}: {e.strerror}") from None
 
 
-def _split_pem_certificates(data: bytes) -> list[bytes]:
-    marker = b"-----END CERTIFICATE-----"
-    return [chunk + marker for chunk in data.split(marker) if b"-----BEGIN CERTIFICATE-----" in chunk]
-
-
 def load_certificate_options(files: TLSFiles) -> ssl.CertificateOptions:
     cert_data = _read(files.cert, "certificate")
     key_data = _read(files.key, "private key")
     try:
-        certs = [crypto.load_certificate(crypto.FILETYPE_PEM, c) for c in _split_pem_certificates(cert_data)]
-        if not certs:
-            raise TLSLoadError(f"{files.cert} holds no PEM certificate")
-        key = crypto.load_privatekey(crypto.FILETYPE_PEM, key_data)
+        certs = x509.load_pem_x509_certificates(cert_data)
+        key = load_pem_private_key(key_data, password=None)
         chain = certs[1:]
         if files.chain:
-            chain_data = _read(files.chain, "certificate chain")
-            chain += [crypto.load_certificate(crypto.FILETYPE_PEM, c) for c in _split_pem_certificates(chain_data)]
-    except crypto.Error as e:
+            chain += x509.load_pem_x509_certificates(_read(files.chain, "certificate chain"))
+    except (ValueError, TypeError) as e:
         raise TLSLoadError(f"cannot parse the TLS files {files.cert} / {files.key}: {e}") from None
     try:
         options = ssl.CertificateOptions(

@@ -107,7 +107,6 @@ def from_parser(path: str, parser: configparser.ConfigParser) -> Config:
             metrics=opts["metrics"],
             max_connections=opts["max_connections"],
             max_connections_per_address=opts["max_connections_per_address"],
-            demo=opts["demo"],
         )
 
     apps: dict[str, AppConfig] = {}

@@ -52,7 +52,6 @@ LISTENER_OPTIONS: dict[str, Option] = {
     "metrics": Option(boolean, True, "Serve Prometheus /metrics on this listener."),
     "max_connections": Option(integer(1), 10000, "Open connections this listener accepts at once."),
     "max_connections_per_address": Option(integer(0), 256, "Open connections from one client address; 0 for no limit."),
-    "demo": Option(boolean, False, "Serve each mounted app's demo page."),
 }
 
 BUS_OPTIONS: dict[str, Option] = {
@@ -105,7 +104,6 @@ class ListenerConfig:
     metrics: bool = True
     max_connections: int = 10000
     max_connections_per_address: int = 256
-    demo: bool = False
 
 
 @attr.s(frozen=True, auto_attribs=True)

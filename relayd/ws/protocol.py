@@ -121,6 +121,12 @@ class RelaydProtocol(WebSocketServerProtocol):
     def onClose(self, wasClean, code, reason):
         metrics = self.factory.metrics
         self._cancel_blocked_timer()
+        # Autobahn leaves these pending after the connection is gone
+        for name in ("closeHandshakeTimeoutCall", "serverConnectionDropTimeoutCall"):
+            call = getattr(self, name, None)
+            if call is not None:
+                call.cancel()
+                setattr(self, name, None)
         self._queue.clear()
         self._queued_bytes = 0
         if self.slot is not None:
@@ -214,7 +220,7 @@ class RelaydProtocol(WebSocketServerProtocol):
             timer.cancel()
 
     def _slow_consumer(self, why: str) -> None:
-        self._blocked_timer = None
+        self._cancel_blocked_timer()
         if self.state != _OPEN:
             return
         self.factory.metrics.protocol_error("slow_consumer")

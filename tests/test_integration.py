@@ -1,0 +1,262 @@
+"""
+Integration tests on real sockets, 127.0.0.1 port 0: the plugin's makeService from a config file, a
+TLS listener with a test CA verified by service-identity, ALPN as browsers offer it, drain, a taken
+port, and a reader that stops reading.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+
+from autobahn.twisted.websocket import WebSocketClientFactory
+from twisted.internet import defer, reactor, ssl
+from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
+from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, readBody
+
+from relayd import tap
+from relayd.listener import StartupError
+from relayd.ws import closecodes
+from tests.support import Client
+from tests.tlsutil import TestCA
+
+
+class LiveClient(Client):
+    """A Client whose events are Deferreds, for a real reactor."""
+
+    def __init__(self):
+        super().__init__()
+        self.when_open = defer.Deferred()
+        self.when_closed = defer.Deferred()
+        self._waiting: list[tuple[int, defer.Deferred]] = []
+
+    def onOpen(self):
+        super().onOpen()
+        self.when_open.callback(self)
+
+    def onMessage(self, payload, isBinary):
+        super().onMessage(payload, isBinary)
+        for entry in list(self._waiting):
+            if len(self.messages) >= entry[0]:
+                self._waiting.remove(entry)
+                entry[1].callback(self.messages)
+
+    def onClose(self, wasClean, code, reason):
+        super().onClose(wasClean, code, reason)
+        if not self.when_open.called:
+            self.when_open.errback(ConnectionError(f"closed before open: {code} {reason}"))
+        self.when_closed.callback(code)
+
+    def messages_at_least(self, n: int) -> defer.Deferred:
+        if len(self.messages) >= n:
+            return defer.succeed(self.messages)
+        d = defer.Deferred()
+        self._waiting.append((n, d))
+        return d
+
+
+def write_config(directory: str, body: str) -> str:
+    path = os.path.join(directory, "relayd.ini")
+    with open(path, "w") as f:
+        f.write(f"[relayd]\nstate_dir = {os.path.join(directory, 'state')}\ndrain_timeout = 5\n" + body)
+    return path
+
+
+class Daemon:
+    """The real plugin's makeService on the global reactor."""
+
+    def __init__(self, testcase: TestCase, body: str):
+        self.directory = tempfile.mkdtemp(prefix="relayd-test-")
+        options = tap.Options()
+        options.parseOptions(["--config", write_config(self.directory, body)])
+        self.service = tap.makeService(options, reactor=reactor)
+        self.service.privilegedStartService()
+        self.service.startService()
+        self.stopped = False
+        testcase.addCleanup(self.stop)
+
+    def stop(self):
+        if self.stopped:
+            return defer.succeed(None)
+        self.stopped = True
+        return self.service.stopService()
+
+    def port(self, listener="main") -> int:
+        return self.service.listeners[listener].address().port
+
+    def connect(self, path: str, listener="main", tls_options=None, origin=None) -> LiveClient:
+        port = self.port(listener)
+        scheme = "wss" if tls_options is not None else "ws"
+        factory = WebSocketClientFactory(f"{scheme}://localhost:{port}{path}", origin=origin, reactor=reactor)
+        factory.protocol = LiveClient
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+        if tls_options is not None:
+            endpoint = wrapClientTLS(tls_options, endpoint)
+        holder = {}
+
+        def connected(protocol):
+            holder["p"] = protocol
+            return protocol.when_open
+
+        d = endpoint.connect(factory)
+        d.addCallback(connected)
+        return d
+
+
+TESTEE = """
+[listener:main]
+endpoint = tcp:0:interface=127.0.0.1
+
+[limits]
+rate_limit = 0
+
+[app:testee]
+listeners = main
+path = /echo
+"""
+
+
+class PluginTests(TestCase):
+    @defer.inlineCallbacks
+    def test_make_service_from_config_file(self):
+        """The plugin's makeService starts from a file; /healthz, /metrics and a WebSocket echo work over TCP."""
+        daemon = Daemon(self, TESTEE)
+        agent = Agent(reactor)
+        response = yield agent.request(b"GET", f"http://127.0.0.1:{daemon.port()}/healthz".encode())
+        self.assertEqual(response.code, 200)
+        yield readBody(response)
+        response = yield agent.request(b"GET", f"http://127.0.0.1:{daemon.port()}/metrics".encode())
+        body = yield readBody(response)
+        self.assertIn(b"relayd_connections_open", body)
+        client = yield daemon.connect("/echo")
+        client.send_text("over a real socket")
+        messages = yield client.messages_at_least(1)
+        self.assertEqual(messages, ["over a real socket"])
+        client.sendClose(1000)
+        yield client.when_closed
+        self.assertTrue(os.path.isdir(os.path.join(daemon.directory, "state")))
+
+    def test_taken_port_fails_start(self):
+        """A port already in use stops start-up with one line naming the listener."""
+        taken = socket.socket()
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        self.addCleanup(taken.close)
+        directory = tempfile.mkdtemp(prefix="relayd-test-")
+        options = tap.Options()
+        options.parseOptions(["--config", write_config(directory, TESTEE.replace("tcp:0", f"tcp:{taken.getsockname()[1]}"))])
+        service = tap.makeService(options, reactor=reactor)
+        with self.assertRaises(StartupError) as caught:
+            service.privilegedStartService()
+        self.assertIn("listener main: cannot listen on", caught.exception.message)
+        self.assertIn("in use", caught.exception.message)
+
+    @defer.inlineCallbacks
+    def test_drain_closes_100_websockets_with_1001(self):
+        """With 100 WebSockets open, a stop closes all of them with 1001 within the drain timeout."""
+        daemon = Daemon(self, TESTEE)
+        clients = yield defer.gatherResults([daemon.connect("/echo") for _ in range(100)])
+        started = reactor.seconds()
+        yield daemon.stop()
+        codes = yield defer.gatherResults([c.when_closed for c in clients])
+        self.assertEqual(set(codes), {closecodes.GOING_AWAY})
+        self.assertLess(reactor.seconds() - started, 5)
+
+    @defer.inlineCallbacks
+    def test_non_reading_client_is_disconnected_others_keep_receiving(self):
+        """A client that stops reading is closed by the slow-consumer policy while another keeps its echo."""
+        daemon = Daemon(self, TESTEE + "max_send_backlog = 256K\nmax_send_backlog_age = 2\n")
+        stuck = yield daemon.connect("/echo")
+        healthy = yield daemon.connect("/echo")
+        stuck.transport.pauseProducing()  # stop reading from the socket
+        chunk = "z" * 60000
+        for _ in range(400):  # 24 MB of echoes for a reader that takes none
+            stuck.send_text(chunk)
+        healthy.send_text("ping")
+        yield healthy.messages_at_least(1)
+        server_side = [ws for ws in daemon.service.listeners["main"].tracker.websockets()]
+        for _ in range(200):
+            if len(daemon.service.listeners["main"].tracker.websockets()) < len(server_side):
+                break
+            yield deferLater(0.05)
+        self.assertEqual(len(daemon.service.listeners["main"].tracker.websockets()), 1)
+        sample = daemon.service.metrics.registry.get_sample_value(
+            "relayd_protocol_errors_total", {"app": "testee", "kind": "slow_consumer"}
+        )
+        self.assertEqual(sample, 1.0)
+        healthy.send_text("still served")
+        messages = yield healthy.messages_at_least(2)
+        self.assertEqual(messages, ["ping", "still served"])
+        stuck.transport.abortConnection()
+
+
+def deferLater(seconds: float) -> defer.Deferred:
+    from twisted.internet.task import deferLater as later
+
+    return later(reactor, seconds, lambda: None)
+
+
+class TLSTests(TestCase):
+    def _daemon(self, ca: TestCA, extra=""):
+        key, cert = ca.issue("localhost")
+        body = f"""
+[listener:main]
+endpoint = tcp:0:interface=127.0.0.1
+
+[listener:secure]
+endpoint = ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}:extraCertChain={ca.chain_path}
+health = no
+metrics = no
+
+[app:testee]
+listeners = secure
+path = /echo
+{extra}"""
+        return Daemon(self, body)
+
+    def _client_options(self, ca: TestCA, hostname="localhost"):
+        return ssl.optionsForClientTLS(
+            hostname,
+            trustRoot=ssl.Certificate.loadPEM(ca.root_pem()),
+            acceptableProtocols=[b"h2", b"http/1.1"],
+        )
+
+    @defer.inlineCallbacks
+    def test_wss_with_browser_alpn_and_chain(self):
+        """A wss client offering ALPN h2,http/1.1 and verifying the name through the chain completes and echoes 70 KB."""
+        ca = TestCA(tempfile.mkdtemp(prefix="relayd-ca-"))
+        daemon = self._daemon(ca, "max_message_size = 1M\nmax_frame_size = 1M\n")
+        client = yield daemon.connect("/echo", listener="secure", tls_options=self._client_options(ca))
+        self.assertEqual(client.transport.negotiatedProtocol, b"http/1.1")
+        payload = "w" * 70000
+        client.send_text(payload)
+        messages = yield client.messages_at_least(1)
+        self.assertEqual(messages, [payload])
+        client.sendClose(1000)
+        code = yield client.when_closed
+        self.assertEqual(code, 1000)
+
+    @defer.inlineCallbacks
+    def test_wrong_name_fails_verification(self):
+        """A client verifying a different host name than the certificate's fails the handshake."""
+        ca = TestCA(tempfile.mkdtemp(prefix="relayd-ca-"))
+        daemon = self._daemon(ca)
+        with self.assertRaises(Exception):
+            yield daemon.connect("/echo", listener="secure", tls_options=self._client_options(ca, "wrong.example"))
+
+    @defer.inlineCallbacks
+    def test_reload_serves_renewed_certificate(self):
+        """After reload, new connections get the renewed certificate while the listener keeps running."""
+        ca = TestCA(tempfile.mkdtemp(prefix="relayd-ca-"))
+        daemon = self._daemon(ca)
+        first = yield daemon.connect("/echo", listener="secure", tls_options=self._client_options(ca))
+        serial_before = first.transport.getPeerCertificate().get_serial_number()
+        ca.issue("localhost")  # overwrites server.key / server.crt with a new pair
+        daemon.service.reload()
+        second = yield daemon.connect("/echo", listener="secure", tls_options=self._client_options(ca))
+        self.assertNotEqual(second.transport.getPeerCertificate().get_serial_number(), serial_before)
+        for c in (first, second):
+            c.sendClose(1000)
+            yield c.when_closed

@@ -1,0 +1,66 @@
+"""
+The Autobahn, txaio and Twisted internals relayd relies on, checked against the installed versions so
+that an upgrade which changes them fails here, loudly, first.
+"""
+
+import inspect
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.internet.task import Clock
+from twisted.trial.unittest import TestCase
+from twisted.web import http
+
+from relayd.ws._autobahn import batched_timer, install_clock
+
+
+class AutobahnInternalsTests(TestCase):
+    def test_batched_timer_runs_on_injected_clock(self):
+        """txaio's batched timer, built on an injected clock, fires when that clock advances."""
+        clock = Clock()
+        fired = []
+        batched_timer(clock).call_later(5, fired.append, 1)
+        clock.advance(4)
+        self.assertEqual(fired, [])
+        clock.advance(2)
+        self.assertEqual(fired, [1])
+
+    def test_factory_timer_attribute(self):
+        """Autobahn schedules protocol timeouts on factory._batched_timer, which install_clock replaces."""
+        factory = WebSocketServerFactory()
+        self.assertTrue(hasattr(factory, "_batched_timer"))
+        install_clock(factory, Clock())
+        import autobahn.websocket.protocol as p
+
+        self.assertIn("self.factory._batched_timer.call_later", inspect.getsource(p))
+
+    def test_send_close_frame_accepts_any_code(self):
+        """sendCloseFrame is the path that can send 1001; sendClose still refuses it."""
+        self.assertTrue(hasattr(WebSocketServerProtocol, "sendCloseFrame"))
+        proto = WebSocketServerProtocol()
+        with self.assertRaises(Exception):
+            proto.sendClose(1001)
+
+    def test_close_timers_named_as_expected(self):
+        """The close-handshake timers relayd cancels on close exist under these names."""
+        import autobahn.websocket.protocol as p
+
+        source = inspect.getsource(p)
+        self.assertIn("self.closeHandshakeTimeoutCall", source)
+        self.assertIn("self.serverConnectionDropTimeoutCall", source)
+        self.assertIn("self.is_open = txaio.create_future()", source)
+
+
+class TwistedWebInternalsTests(TestCase):
+    def test_http_channel_hooks(self):
+        """HTTPChannel still has the hooks relayd's channel and upgrade use."""
+        for name in ("_respondToBadRequestAndDisconnect", "allHeadersReceived", "requestDone", "_dataBuffer",
+                     "totalHeadersSize", "MAX_LENGTH", "_handlingRequest"):
+            self.assertTrue(
+                hasattr(http.HTTPChannel, name) or name in inspect.getsource(http.HTTPChannel), name
+            )
+
+    def test_endpoint_service_port(self):
+        """StreamServerEndpointService keeps the listening port's Deferred as _waitingForPort."""
+        from twisted.application.internet import StreamServerEndpointService
+
+        self.assertIn("self._waitingForPort", inspect.getsource(StreamServerEndpointService))

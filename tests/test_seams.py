@@ -1,0 +1,102 @@
+"""The bus and the store seams."""
+
+import os
+import tempfile
+
+from twisted.internet import defer
+from twisted.trial.unittest import TestCase
+
+from relayd.bus import MemoryBus
+from relayd.store import MemoryStore, SqliteStore
+
+
+class BusTests(TestCase):
+    def test_publish_in_order_to_subscribers(self):
+        """Every subscriber of a channel receives each message, in publish order; others do not."""
+        bus = MemoryBus()
+        a, b, other = [], [], []
+        bus.subscribe("room", a.append)
+        bus.subscribe("room", b.append)
+        bus.subscribe("elsewhere", other.append)
+        self.assertEqual(bus.publish("room", 1), 2)
+        bus.publish("room", 2)
+        self.assertEqual((a, b, other), ([1, 2], [1, 2], []))
+
+    def test_empty_channel_disappears(self):
+        """A channel whose last subscription is cancelled is removed, so channels never leak."""
+        bus = MemoryBus()
+        sub = bus.subscribe("room", lambda m: None)
+        self.assertEqual(bus.channel_count(), 1)
+        sub.cancel()
+        sub.cancel()
+        self.assertEqual(bus.channel_count(), 0)
+        self.assertEqual(bus.publish("room", 1), 0)
+
+    def test_failing_receiver_does_not_stop_others(self):
+        """A receiver that raises is logged; the others still receive."""
+        bus = MemoryBus()
+        got = []
+
+        def broken(message):
+            raise RuntimeError("boom")
+
+        bus.subscribe("room", broken)
+        bus.subscribe("room", got.append)
+        self.assertEqual(bus.publish("room", "x"), 1)
+        self.assertEqual(got, ["x"])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_cancel_during_delivery(self):
+        """A receiver that cancels another's subscription during delivery is honoured at once."""
+        bus = MemoryBus()
+        got = []
+        second = None
+
+        def first(message):
+            second.cancel()
+
+        bus.subscribe("room", first)
+        second = bus.subscribe("room", got.append)
+        bus.publish("room", "x")
+        self.assertEqual(got, [])
+
+
+class StoreContract:
+    def make_store(self):
+        raise NotImplementedError
+
+    @defer.inlineCallbacks
+    def test_put_get_delete_items(self):
+        """Values round-trip as JSON by namespace and key; delete removes; items lists a namespace."""
+        store = self.make_store()
+        yield store.put("ns", "a", {"x": [1, 2]})
+        yield store.put("ns", "b", "two")
+        yield store.put("other", "a", 3)
+        self.assertEqual((yield store.get("ns", "a")), {"x": [1, 2]})
+        self.assertEqual((yield store.items("ns")), [("a", {"x": [1, 2]}), ("b", "two")])
+        yield store.delete("ns", "a")
+        self.assertIsNone((yield store.get("ns", "a")))
+        yield store.put("ns", "b", "replaced")
+        self.assertEqual((yield store.get("ns", "b")), "replaced")
+        yield store.close()
+
+
+class MemoryStoreTests(StoreContract, TestCase):
+    def make_store(self):
+        return MemoryStore()
+
+
+class SqliteStoreTests(StoreContract, TestCase):
+    def make_store(self):
+        self.path = os.path.join(tempfile.mkdtemp(), "sub", "state.sqlite3")
+        return SqliteStore(self.path)
+
+    @defer.inlineCallbacks
+    def test_survives_reopen(self):
+        """What was written is there after the store is closed and opened again (a restart)."""
+        store = self.make_store()
+        yield store.put("ids", "secret", {"id": "000042"})
+        yield store.close()
+        again = SqliteStore(self.path)
+        self.assertEqual((yield again.get("ids", "secret")), {"id": "000042"})
+        yield again.close()
