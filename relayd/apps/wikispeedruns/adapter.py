@@ -1,0 +1,157 @@
+"""
+wikispeedruns over WebSocket, wire-compatible with the deployed wikispeedruns.com pages.
+
+Text frames of JSON objects with a "type". The first frame decides what the connection is:
+
+  {"type": "wait_start", "user": U, "lobby_id": L, "prompt_id": P [, "token": T]}
+      joins the waiting group (L, P); a name already waiting there is renamed "also " + name
+      (repeatedly). After every join and leave everyone in the group, the newcomer included, gets
+      {"type": "update", "users": [...]}. Later on this connection:
+      {"type": "start", ...} -> {"type": "start"} to everyone in the group, the sender included.
+      With a configured secret only a connection whose token says host may start; others get
+      {"type": "error", "error": "not_host", "message": ...} and stay connected.
+  {"type": "leaderboard", "lobby_id": L, "prompt_id": P}
+      subscribes; nothing is sent back.
+  {"type": "leaderboard_update", "lobby_id": L, "prompt_id": P}
+      every leaderboard subscriber of (L, P) receives the text frame `refresh`; then this
+      connection is closed with 1000.
+  {"type": "lobby_prompts", "lobby_id": L}
+      subscribes; a later {"type": "lobby_prompts_update"} on the same connection sends `refresh`
+      to every subscriber of L, the sender included.
+
+Ids are integers, strings or null, kept apart by type (10 and "10" are different groups).
+Other later frames are ignored. Errors: an unknown first type closes 1000 "invalid message type";
+malformed JSON, a non-object, missing or mistyped keys, or a bad token close 1008 with the reason;
+binary frames close 1003; frames above the limit close 1009.
+
+HTTP, for the main site's server (bearer token `trigger_token` from the config):
+  POST <mount>/leaderboard_update   {"lobby_id": L, "prompt_id": P}  -> 200 {"delivered": n}
+  POST <mount>/lobby_prompts_update {"lobby_id": L}                  -> 200 {"delivered": n}
+Wrong or missing token: 401 and nothing delivered.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from twisted.web.resource import Resource
+
+from relayd import jsonutil
+from relayd.apps.base import App
+from relayd.apps.wikispeedruns.core import TokenVerifier, WikiSpeedruns, parse
+from relayd.errors import ProtocolError
+from relayd.ws.frames import Frame
+from relayd.ws.protocol import RelaydProtocol
+
+MAX_TRIGGER_BODY = 64 * 1024
+
+
+class WikiSpeedrunsProtocol(RelaydProtocol):
+    role = None
+    waiter = None
+    subscription = None
+    channel = None
+
+    def send(self, frame: Frame) -> None:
+        self.send_frame(frame)
+
+    def received(self, payload: bytes, is_binary: bool) -> None:
+        core: WikiSpeedruns = self.factory.app.core
+        message = parse(payload)
+        kind = message["type"]
+        if self.role is None:
+            self._first(core, message, kind)
+        elif self.role == "wait" and kind == "start":
+            core.start(self.waiter, self.factory.reactor.seconds())
+        elif self.role == "lobby_prompts" and kind == "lobby_prompts_update":
+            core.refresh(self.channel)
+        else:
+            self.factory.metrics.dropped("ignored_message")
+
+    def _first(self, core: WikiSpeedruns, message: dict, kind: str) -> None:
+        if kind == "wait_start":
+            self.waiter = core.wait_start(message, self.send, self.factory.reactor.seconds())
+            self.role = "wait"
+        elif kind == "leaderboard":
+            self.subscription = core.subscribe(core.leaderboard_channel(message), self.send)
+            self.role = "leaderboard"
+        elif kind == "lobby_prompts":
+            self.channel = core.lobby_prompts_channel(message)
+            self.subscription = core.subscribe(self.channel, self.send)
+            self.role = "lobby_prompts"
+        elif kind == "leaderboard_update":
+            core.refresh(core.leaderboard_channel(message))
+            self.role = "done"
+            self.close(1000)
+        else:
+            raise ProtocolError("invalid_message_type", "invalid message type", close=True, code=1000)
+
+    def report(self, error: ProtocolError) -> None:
+        if error.close:
+            self.close(error.code, error.message)
+        else:
+            self.send(Frame.json({"type": "error", "error": error.kind, "message": error.message}))
+
+    def closed(self) -> None:
+        if self.waiter is not None:
+            self.factory.app.core.leave(self.waiter)
+            self.waiter = None
+        if self.subscription is not None:
+            self.subscription.cancel()
+            self.subscription = None
+
+
+class Trigger(Resource):
+    """POST endpoints that do what the WebSocket triggers do, for the main site's server."""
+
+    isLeaf = True
+
+    def __init__(self, app: "WikiSpeedrunsApp", channel_of):
+        super().__init__()
+        self.app = app
+        self.channel_of = channel_of
+
+    def _answer(self, request, code: int, body: dict) -> bytes:
+        self.app.metrics.http(code)
+        request.setResponseCode(code)
+        request.setHeader(b"content-type", b"application/json")
+        return jsonutil.dumps(body)
+
+    def render_POST(self, request):
+        token = self.app.options["trigger_token"].encode()
+        given = request.getHeader(b"authorization") or b""
+        if not token or not hmac.compare_digest(given, b"Bearer " + token):
+            request.setHeader(b"www-authenticate", b'Bearer realm="relayd"')
+            self.app.metrics.protocol_error("unauthorized_trigger")
+            return self._answer(request, 401, {"error": "unauthorized"})
+        body = request.content.read(MAX_TRIGGER_BODY + 1)
+        if len(body) > MAX_TRIGGER_BODY:
+            return self._answer(request, 413, {"error": "body too large"})
+        try:
+            message = jsonutil.loads(body)
+            if not isinstance(message, dict):
+                raise ProtocolError("malformed_message", "the body must be a JSON object")
+            channel = self.channel_of(message)
+        except jsonutil.BadJSON as e:
+            return self._answer(request, 400, {"error": f"not JSON: {e}"})
+        except ProtocolError as e:
+            return self._answer(request, 400, {"error": e.message})
+        return self._answer(request, 200, {"delivered": self.app.core.refresh(channel)})
+
+
+class WikiSpeedrunsApp(App):
+    protocol = WikiSpeedrunsProtocol
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        secret = self.options["secret"]
+        self.core = WikiSpeedruns(self.bus, TokenVerifier(secret.encode()) if secret else None)
+
+    def http_resource(self):
+        root = Resource()
+        root.putChild(b"leaderboard_update", Trigger(self, self.core.leaderboard_channel))
+        root.putChild(b"lobby_prompts_update", Trigger(self, self.core.lobby_prompts_channel))
+        return root
+
+    def room_count(self) -> int:
+        return self.core.room_count()

@@ -1,0 +1,209 @@
+"""
+wikispeedruns, sans IO: lobby prompt waiting groups, leaderboard and lobby-prompt subscriptions.
+
+Ids are kept exactly as the JSON carried them: 10 and "10" are different keys, and null is a key of
+its own (a run finished outside a lobby). Every delivery goes through the bus; a group or a
+subscription channel exists only while it has members.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from typing import Any, Callable
+
+import attr
+
+from relayd import jsonutil
+from relayd.bus import IBus
+from relayd.errors import ProtocolError
+from relayd.ws.frames import Frame
+
+REFRESH = Frame.text("refresh")
+START = Frame.json({"type": "start"})
+
+FIRST_TYPES = ("wait_start", "leaderboard", "leaderboard_update", "lobby_prompts")
+
+
+def _bad(message: str) -> ProtocolError:
+    return ProtocolError("malformed_message", message, close=True, code=1008)
+
+
+def _id(message: dict, key: str) -> Any:
+    if key not in message:
+        raise _bad(f"missing key {key}")
+    value = message[key]
+    if value is None or isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    raise _bad(f"{key} must be an integer, a string or null")
+
+
+def key_of(*ids: Any) -> str:
+    """A channel key that keeps JSON types apart: [10,5] and ["10",5] differ."""
+    return json.dumps(list(ids), separators=(",", ":"), ensure_ascii=True)
+
+
+def parse(payload: bytes) -> dict:
+    """A frame as a JSON object with a string type, or ProtocolError."""
+    try:
+        message = jsonutil.loads(payload)
+    except jsonutil.BadJSON as e:
+        raise _bad(f"not JSON: {e}") from None
+    if not isinstance(message, dict):
+        raise _bad("a message must be a JSON object")
+    kind = message.get("type")
+    if not isinstance(kind, str):
+        raise _bad("missing or non-string type")
+    return message
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class HostToken:
+    user: str
+    lobby_id: Any
+    prompt_id: Any
+    host: bool
+    exp: float
+
+
+class TokenVerifier:
+    """
+    Tokens the main site signs: base64url(JSON payload) "." base64url(HMAC-SHA256(secret, first part)),
+    with payload {"user", "lobby_id", "prompt_id", "host", "exp"} (exp in Unix seconds).
+    """
+
+    def __init__(self, secret: bytes):
+        self.secret = secret
+
+    def sign(self, user: str, lobby_id: Any, prompt_id: Any, host: bool, exp: float) -> str:
+        body = json.dumps(
+            {"user": user, "lobby_id": lobby_id, "prompt_id": prompt_id, "host": host, "exp": exp},
+            separators=(",", ":"),
+        ).encode()
+        head = base64.urlsafe_b64encode(body).rstrip(b"=")
+        mac = base64.urlsafe_b64encode(hmac.new(self.secret, head, hashlib.sha256).digest()).rstrip(b"=")
+        return (head + b"." + mac).decode("ascii")
+
+    def verify(self, token: Any, now: float) -> HostToken:
+        if not isinstance(token, str) or token.count(".") != 1 or len(token) > 4096:
+            raise ProtocolError("invalid_token", "the token is not a relayd host token", close=True, code=1008)
+        head, mac = token.encode("ascii", "replace").split(b".")
+        expected = base64.urlsafe_b64encode(hmac.new(self.secret, head, hashlib.sha256).digest()).rstrip(b"=")
+        if not hmac.compare_digest(mac, expected):
+            raise ProtocolError("invalid_token", "the token's signature does not verify", close=True, code=1008)
+        try:
+            fields = json.loads(base64.urlsafe_b64decode(head + b"=" * (-len(head) % 4)))
+            parsed = HostToken(
+                user=fields["user"], lobby_id=fields["lobby_id"], prompt_id=fields["prompt_id"],
+                host=bool(fields["host"]), exp=float(fields["exp"]),
+            )
+        except (ValueError, KeyError, TypeError):
+            raise ProtocolError("invalid_token", "the token's payload is malformed", close=True, code=1008) from None
+        if parsed.exp < now:
+            raise ProtocolError("expired_token", "the token has expired", close=True, code=1008)
+        return parsed
+
+
+class Waiter:
+    """One connection waiting in a lobby prompt group."""
+
+    __slots__ = ("group", "name", "subscription", "host", "token_exp")
+
+    def __init__(self, group: "Group", name: str, subscription, host: bool, token_exp: float | None):
+        self.group = group
+        self.name = name
+        self.subscription = subscription
+        self.host = host
+        self.token_exp = token_exp
+
+
+class Group:
+    __slots__ = ("key", "channel", "waiters")
+
+    def __init__(self, key: str):
+        self.key = key
+        self.channel = "wikispeedruns:wait:" + key
+        self.waiters: list[Waiter] = []
+
+    def names(self) -> list[str]:
+        return [w.name for w in self.waiters]
+
+    def unique_name(self, wanted: str) -> str:
+        taken = set(self.names())
+        name = wanted
+        while name in taken:
+            name = "also " + name
+        return name
+
+
+class WikiSpeedruns:
+    def __init__(self, bus: IBus, verifier: TokenVerifier | None = None):
+        self.bus = bus
+        self.verifier = verifier
+        self.groups: dict[str, Group] = {}
+
+    # ---- lobby prompt start ------------------------------------------------------------------
+
+    def wait_start(self, message: dict, receiver: Callable[[Frame], None], now: float) -> Waiter:
+        user = message.get("user")
+        if not isinstance(user, str):
+            raise _bad("wait_start needs user as a string")
+        lobby_id, prompt_id = _id(message, "lobby_id"), _id(message, "prompt_id")
+        host, token_exp = False, None
+        if self.verifier is not None and "token" in message:
+            token = self.verifier.verify(message["token"], now)
+            if (token.user, key_of(token.lobby_id, token.prompt_id)) != (user, key_of(lobby_id, prompt_id)):
+                raise ProtocolError("invalid_token", "the token is for another user or lobby prompt", close=True)
+            host, token_exp = token.host, token.exp
+        key = key_of(lobby_id, prompt_id)
+        group = self.groups.get(key)
+        if group is None:
+            group = self.groups[key] = Group(key)
+        waiter = Waiter(group, group.unique_name(user), None, host, token_exp)
+        waiter.subscription = self.bus.subscribe(group.channel, receiver)
+        group.waiters.append(waiter)
+        self._publish_update(group)
+        return waiter
+
+    def start(self, waiter: Waiter, now: float) -> None:
+        if self.verifier is not None:
+            if not waiter.host:
+                raise ProtocolError("not_host", "only the lobby host can start this prompt")
+            if waiter.token_exp is not None and waiter.token_exp < now:
+                raise ProtocolError("expired_token", "the host token has expired")
+        self.bus.publish(waiter.group.channel, START)
+
+    def leave(self, waiter: Waiter) -> None:
+        group = waiter.group
+        if waiter not in group.waiters:
+            return
+        group.waiters.remove(waiter)
+        waiter.subscription.cancel()
+        if group.waiters:
+            self._publish_update(group)
+        else:
+            del self.groups[group.key]
+
+    def _publish_update(self, group: Group) -> None:
+        self.bus.publish(group.channel, Frame.json({"type": "update", "users": group.names()}))
+
+    # ---- leaderboard and lobby prompt list refresh --------------------------------------------
+
+    @staticmethod
+    def leaderboard_channel(message: dict) -> str:
+        return "wikispeedruns:leaderboard:" + key_of(_id(message, "lobby_id"), _id(message, "prompt_id"))
+
+    @staticmethod
+    def lobby_prompts_channel(message: dict) -> str:
+        return "wikispeedruns:lobby_prompts:" + key_of(_id(message, "lobby_id"))
+
+    def subscribe(self, channel: str, receiver: Callable[[Frame], None]):
+        return self.bus.subscribe(channel, receiver)
+
+    def refresh(self, channel: str) -> int:
+        return self.bus.publish(channel, REFRESH)
+
+    def room_count(self) -> int:
+        return len(self.groups)
