@@ -1,0 +1,246 @@
+"""carparty: logins, relaying, routing, silent drops, bursts and slow phones, in memory."""
+
+import json
+
+from twisted.trial.unittest import TestCase
+
+from tests.support import Harness, make_config
+
+APP = """
+[app:carparty]
+listeners = main
+path = /carparty
+"""
+
+
+def harness(limits: str = "") -> Harness:
+    return Harness(make_config(APP, limits=limits)).start()
+
+
+def server(h, code="SNEK"):
+    s = h.ws("/carparty/ws")
+    s.send_json({"action": "login_server", "server_code": code})
+    h.flush()
+    return s
+
+
+def phone(h, client_id, code="SNEK", extra=None):
+    c = h.ws("/carparty/ws")
+    message = {"action": "login_client", "server_code": code, "client_id": client_id}
+    message.update(extra or {})
+    c.send_json(message)
+    h.flush()
+    return c
+
+
+def phones_server_side(h):
+    from relayd.apps.carparty.core import ClientSession
+
+    return [ws for ws in h.service.listeners["main"].tracker.websockets() if isinstance(ws.session, ClientSession)]
+
+
+def dropped(h, reason):
+    return h.service.metrics.registry.get_sample_value(
+        "relayd_dropped_total", {"app": "carparty", "reason": reason}
+    )
+
+
+class RelayTests(TestCase):
+    def test_connect_notice_and_client_frames_stamped(self):
+        """The server hears connect per phone; phone frames reach it with client_id overwritten."""
+        h = harness()
+        s = server(h)
+        p = phone(h, "467123746", extra={"ignored": True})
+        p.send_json({"steer": 0.5, "client_id": "spoofed"})
+        p.send_text("[1,2]")
+        h.flush()
+        self.assertEqual(
+            [json.loads(m) for m in s.messages],
+            [{"action": "connect", "client_id": "467123746"}, {"steer": 0.5, "client_id": "467123746"}, [1, 2]],
+        )
+        self.assertEqual(p.messages, [])
+
+    def test_server_broadcast_never_back_to_server(self):
+        """Server frames go to every phone, never back to the server; non-objects go as they are."""
+        h = harness()
+        s = server(h)
+        a, b = phone(h, "1"), phone(h, "2")
+        s.send_text('{"state": 1}')
+        s.send_text("plain text")
+        h.flush()
+        self.assertEqual(a.messages, ['{"state": 1}', "plain text"])
+        self.assertEqual(b.messages, a.messages)
+        self.assertEqual(len(s.messages), 2)  # the two connect notices only
+
+    def test_receiver_id_exact_string_match(self):
+        """receiver_id reaches only phones with that id as a string, unchanged; a number reaches nobody."""
+        h = harness()
+        s = server(h)
+        a1, a2, b = phone(h, "42"), phone(h, "42"), phone(h, "7")
+        s.send_text('{"receiver_id": "42", "x": 1}')
+        s.send_text('{"receiver_id": 42, "x": 2}')
+        s.send_text('{"receiver_id": "nobody", "x": 3}')
+        h.flush()
+        self.assertEqual(a1.messages, ['{"receiver_id": "42", "x": 1}'])
+        self.assertEqual(a2.messages, a1.messages)
+        self.assertEqual(b.messages, [])
+        self.assertFalse(s.closed)
+        self.assertEqual(dropped(h, "receiver_id_not_string"), 1.0)
+
+    def test_disconnect_notice_once_per_connection(self):
+        """Two phones sharing an id each produce their own connect and disconnect."""
+        h = harness()
+        s = server(h)
+        a, b = phone(h, "9"), phone(h, "9")
+        a.sendClose(1000)
+        b.sendClose(1000)
+        h.flush()
+        actions = [json.loads(m)["action"] for m in s.messages]
+        self.assertEqual(actions, ["connect", "connect", "disconnect", "disconnect"])
+
+    def test_server_leaving_closes_phones_and_frees_code(self):
+        """When the server leaves its phones are closed and its code can be taken again."""
+        h = harness()
+        s = server(h)
+        a, b = phone(h, "1"), phone(h, "2")
+        s.sendClose(1000)
+        h.flush()
+        self.assertTrue(a.closed and b.closed)
+        again = server(h)
+        self.assertFalse(again.closed)
+        self.assertEqual(h.app("carparty").room_count(), 1)
+        self.assertEqual(h.service.bus.subscribers("carparty:clients:SNEK"), 0)
+
+    def test_frames_while_no_phone_is_connected(self):
+        """A server frame with no phone connected is fine: the server stays (the original dropped it)."""
+        h = harness()
+        s = server(h)
+        s.send_text('{"track": "chunk"}')
+        h.flush()
+        self.assertFalse(s.closed)
+        p = phone(h, "1")
+        s.send_text("after")
+        h.flush()
+        self.assertEqual(p.messages, ["after"])
+
+    def test_codes_are_separate(self):
+        """Two servers with different codes do not see each other's phones."""
+        h = harness()
+        s1, s2 = server(h, "AAAA"), server(h, "BBBB")
+        p1 = phone(h, "1", code="AAAA")
+        s2.send_text("for B")
+        h.flush()
+        self.assertEqual(p1.messages, [])
+        self.assertEqual(len(s2.messages), 0)
+
+
+class SilentDropTests(TestCase):
+    def _first(self, h, payload, binary=False):
+        c = h.ws("/carparty/ws")
+        if binary:
+            c.sendMessage(payload, True)
+        else:
+            c.send_text(payload)
+        h.flush()
+        return c
+
+    def test_each_silent_drop_closes_without_a_word_and_is_counted(self):
+        """Every drop the protocol defines closes the connection, sends nothing, and counts its reason."""
+        h = harness()
+        server(h)
+        cases = {
+            "unknown_action": '{"action": "dance", "server_code": "SNEK"}',
+            "missing_code": '{"action": "login_client", "client_id": "1"}',
+            "missing_client_id": '{"action": "login_client", "server_code": "SNEK"}',
+            "unknown_code": '{"action": "login_client", "server_code": "NOPE", "client_id": "1"}',
+            "code_in_use": '{"action": "login_server", "server_code": "SNEK"}',
+            "login_not_json": "{nope",
+            "login_not_object": "[]",
+        }
+        for reason, payload in cases.items():
+            c = self._first(h, payload)
+            self.assertTrue(c.closed, reason)
+            self.assertEqual(c.messages, [], reason)
+            self.assertEqual(dropped(h, reason), 1.0, reason)
+        c = self._first(h, b"\x00", binary=True)
+        self.assertTrue(c.closed)
+        self.assertEqual(dropped(h, "login_binary"), 1.0)
+
+    def test_invalid_json_from_phone_disconnects_that_phone_only(self):
+        """A phone sending invalid JSON is disconnected; the server and other phones stay."""
+        h = harness()
+        s = server(h)
+        bad, good = phone(h, "1"), phone(h, "2")
+        bad.send_text("{broken")
+        h.flush()
+        self.assertTrue(bad.closed)
+        self.assertFalse(good.closed or s.closed)
+        self.assertEqual(json.loads(s.messages[-1]), {"action": "disconnect", "client_id": "1"})
+
+    def test_binary_from_phone_ignored(self):
+        """A binary frame from a phone is ignored and counted; the phone stays."""
+        h = harness()
+        s = server(h)
+        p = phone(h, "1")
+        p.sendMessage(b"\x01", True)
+        h.flush()
+        self.assertFalse(p.closed)
+        self.assertEqual(len(s.messages), 1)
+        self.assertEqual(dropped(h, "client_binary_frame"), 1.0)
+
+
+class DeliveryTests(TestCase):
+    def test_burst_in_order_and_complete(self):
+        """A burst of 500 frames, some large, reaches every phone complete and in order."""
+        h = harness()
+        s = server(h)
+        phones = [phone(h, str(i)) for i in range(3)]
+        sent = []
+        for i in range(500):
+            body = json.dumps({"seq": i, "chunk": "t" * (5000 if i % 10 == 0 else 10)})
+            sent.append(body)
+            s.send_text(body)
+        h.flush()
+        for p in phones:
+            self.assertEqual(p.messages, sent)
+
+    def test_large_frame_allowed(self):
+        """Frames up to 1 MiB are relayed in both directions."""
+        h = harness()
+        s = server(h)
+        p = phone(h, "1")
+        big = "x" * (1024 * 1024 - 100)
+        s.send_text(big)
+        p.send_json({"blob": "y" * 500000})
+        h.flush()
+        self.assertEqual(p.messages, [big])
+        self.assertEqual(len(json.loads(s.messages[-1])["blob"]), 500000)
+
+    def test_non_reading_phone_does_not_hold_up_others(self):
+        """A phone whose transport is full is queued and then cut off; the server and other phones go on."""
+        h = harness(limits="max_send_backlog = 64K\n")
+        s = server(h)
+        slow, fast = phone(h, "slow"), phone(h, "fast")
+        slow_server_side = [ws for ws in phones_server_side(h) if ws.session.client_id == "slow"][0]
+        slow_server_side.pauseProducing()  # its socket buffer is full: it stopped reading
+        for i in range(100):
+            s.send_text(json.dumps({"seq": i, "pad": "p" * 1000}))
+        h.flush()
+        self.assertEqual(len(fast.messages), 100)
+        self.assertTrue(slow.closed)
+        self.assertFalse(s.closed)
+        self.assertEqual(json.loads(s.messages[-1]), {"action": "disconnect", "client_id": "slow"})
+
+    def test_broadcast_encoded_once(self):
+        """One server frame is encoded once for all its receivers: every phone writes the same bytes object."""
+        h = harness()
+        s = server(h)
+        phone(h, "1"), phone(h, "2")
+        written = []
+        for ws in phones_server_side(h):
+            original = ws.sendData
+            ws.sendData = lambda data, *a, _o=original, **k: (written.append(data), _o(data, *a, **k))
+        s.send_text("shared")
+        h.flush()
+        self.assertEqual(len(written), 2)
+        self.assertIs(written[0], written[1])
