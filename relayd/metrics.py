@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
 
@@ -54,6 +54,10 @@ class Metrics:
         )
         self.ready = Gauge("relayd_ready", "1 while the daemon accepts new work", registry=r)
         self.tick_errors = Counter("relayd_tick_errors", "Errors caught in scheduled ticks", ["app"], registry=r)
+        self.tick_lateness = Histogram(
+            "relayd_tick_lateness_seconds", "How late scheduler ticks ran", ["app"], registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+        )
         self._rooms = _RoomsCollector()
         r.register(self._rooms)
 

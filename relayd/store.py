@@ -32,6 +32,12 @@ class IStore(Interface):
     def items(namespace: str) -> defer.Deferred:
         """Fire with a list of (key, value) of the namespace."""
 
+    def put_many(entries: list) -> defer.Deferred:
+        """Store (namespace, key, value) entries in one transaction; fires once all are durable."""
+
+    def delete_many(entries: list) -> defer.Deferred:
+        """Remove (namespace, key) entries in one transaction."""
+
     def close() -> defer.Deferred:
         """Finish pending writes and release the store."""
 
@@ -62,10 +68,21 @@ class MemoryStore:
             [(k, json.loads(v)) for (ns, k), v in sorted(self.data.items()) if ns == namespace]
         )
 
+    def put_many(self, entries):
+        for namespace, key, value in entries:
+            self.data[(namespace, key)] = _encode(value)
+        return defer.succeed(None)
+
+    def delete_many(self, entries):
+        for namespace, key in entries:
+            self.data.pop((namespace, key), None)
+        return defer.succeed(None)
+
     def close(self):
         return defer.succeed(None)
 
 
+_UPSERT = "INSERT INTO kv (ns, key, value) VALUES (?, ?, ?) ON CONFLICT (ns, key) DO UPDATE SET value = excluded.value"
 _SCHEMA = "CREATE TABLE IF NOT EXISTS kv (ns TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (ns, key))"
 
 
@@ -109,10 +126,7 @@ class SqliteStore:
         return d
 
     def put(self, namespace, key, value):
-        return self._pool.runOperation(
-            "INSERT INTO kv (ns, key, value) VALUES (?, ?, ?) ON CONFLICT (ns, key) DO UPDATE SET value = excluded.value",
-            (namespace, key, _encode(value)),
-        )
+        return self._pool.runOperation(_UPSERT, (namespace, key, _encode(value)))
 
     def delete(self, namespace, key):
         return self._pool.runOperation("DELETE FROM kv WHERE ns = ? AND key = ?", (namespace, key))
@@ -121,6 +135,22 @@ class SqliteStore:
         d = self._pool.runQuery("SELECT key, value FROM kv WHERE ns = ? ORDER BY key", (namespace,))
         d.addCallback(lambda rows: [(k, json.loads(v)) for k, v in rows])
         return d
+
+    def put_many(self, entries):
+        rows = [(namespace, key, _encode(value)) for namespace, key, value in entries]
+
+        def write(cursor):
+            cursor.executemany(_UPSERT, rows)
+
+        return self._pool.runInteraction(write)
+
+    def delete_many(self, entries):
+        rows = list(entries)
+
+        def delete(cursor):
+            cursor.executemany("DELETE FROM kv WHERE ns = ? AND key = ?", rows)
+
+        return self._pool.runInteraction(delete)
 
     def close(self):
         self._pool.close()

@@ -80,6 +80,17 @@ class StoreContract:
         self.assertEqual((yield store.get("ns", "b")), "replaced")
         yield store.close()
 
+    @defer.inlineCallbacks
+    def test_put_many_delete_many(self):
+        """Several entries are written, and removed, in one call."""
+        store = self.make_store()
+        yield store.put_many([("log", "r:1", [1]), ("log", "r:2", [2]), ("meta", "r", {"turn": 2})])
+        self.assertEqual((yield store.items("log")), [("r:1", [1]), ("r:2", [2])])
+        yield store.delete_many([("log", "r:1"), ("log", "r:2")])
+        self.assertEqual((yield store.items("log")), [])
+        self.assertEqual((yield store.get("meta", "r")), {"turn": 2})
+        yield store.close()
+
 
 class MemoryStoreTests(StoreContract, TestCase):
     def make_store(self):

@@ -1,0 +1,45 @@
+"""gameroom: deterministic lock-step multiplayer rooms (docs/protocols/gameroom.md)."""
+
+from relayd.apps.base import AppSpec
+from relayd.config.schema import BadValue, Option, choice, integer, number, size, text
+
+
+def _build(ctx):
+    from relayd.apps.gameroom.adapter import GameRoomApp
+
+    return GameRoomApp(ctx)
+
+
+def _validate(options):
+    if options["create_token"] and len(options["create_token"]) < 16:
+        raise BadValue("create_token must be at least 16 characters")
+    if not options["min_turn_ms"] <= options["turn_ms"] <= options["max_turn_ms"]:
+        raise BadValue("turn_ms must lie between min_turn_ms and max_turn_ms")
+
+
+SPEC = AppSpec(
+    name="gameroom",
+    build=_build,
+    options={
+        "create_token": Option(text, "", "Bearer token for POST <mount>/create; empty refuses every create."),
+        "tick_interval": Option(number(0.001, 1), 0.01, "Seconds between scheduler ticks (deadlines of all rooms)."),
+        "command_delay": Option(integer(1, 16), 2, "Turns between the turn a command is sent for and the turn it executes."),
+        "turn_ms": Option(integer(10, 10000), 100, "Initial turn length in milliseconds."),
+        "min_turn_ms": Option(integer(10, 10000), 50, "Shortest turn the adaptation may choose."),
+        "max_turn_ms": Option(integer(10, 10000), 1000, "Longest turn the adaptation may choose."),
+        "iterations_per_turn": Option(integer(1, 1000), 4, "Engine iterations per turn (iterations per command)."),
+        "lag_tolerance": Option(number(0, 3600), 5.0, "Seconds a late player is waited for before on_lag applies."),
+        "on_lag": Option(choice("substitute", "wait"), "substitute", "After lag_tolerance: substitute empty commands, or keep waiting."),
+        "away_timeout": Option(number(0, 86400), 60.0, "Seconds the room waits for a disconnected player before playing on without it."),
+        "late_joiners": Option(choice("spectate", "refuse"), "spectate", "Joins to a running or full room: become spectators, or are refused."),
+        "max_players": Option(integer(1, 256), 16, "Players one room may expect."),
+        "max_rooms": Option(integer(1), 1000, "Rooms held at most (running and archived)."),
+        "max_command_bytes": Option(size(16), 4096, "Largest command list one player sends for one turn (JSON bytes)."),
+        "max_setup_bytes": Option(size(16), 16384, "Largest setup configuration (JSON bytes)."),
+        "max_turns": Option(integer(1), 100000, "Turns after which a game is finished."),
+        "setup_timeout": Option(number(1), 3600.0, "Seconds a room may stay in setup before it is abandoned."),
+        "archive_ttl": Option(number(0), 86400.0, "Seconds a finished game's archive is kept."),
+        "persist_interval": Option(number(0.01, 60), 0.2, "Seconds between writes of changed rooms to the store."),
+    },
+    validate=_validate,
+)

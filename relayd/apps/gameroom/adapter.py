@@ -1,0 +1,354 @@
+"""
+gameroom over HTTP and WebSocket: deterministic lock-step rooms (docs/protocols/gameroom.md).
+
+HTTP (JSON):
+  POST <mount>/create  (Authorization: Bearer <create_token>)
+       {"engine": ref, "seed": int|str, "players": n, "options": {...}}
+       -> 201 {"id", "play_url", "watch_url", "info_url", "archive_url"}; 401 without the token
+  GET  <mount>/rooms/<id>     public room info
+  GET  <mount>/archive/<id>   the whole game log: setup, every master packet, hashes, events
+
+WebSocket, text frames of JSON objects with a "type":
+  <mount>/play/<id> (or <mount>/join?game_id=<id>)   players; <mount>/watch/<id>   spectators
+  C {"type": "join", "name"?, "user_id"?}           -> {"type": "welcome", player_id, session, engine, seed, setup, ...}
+  C {"type": "join", "session": token, "from_turn"?} -> welcome, then every master packet from from_turn
+  C {"type": "setup", "changes": {...}}             -> all: {"type": "setup", "setup", "version", "by"}
+  C {"type": "ready", "ready": true}                -> all: {"type": "players", ...}; all ready -> {"type": "start", ...}
+  C {"type": "commands", "turn": N, "commands": [...], "hash", "hash_turn", "latency_ms", "frame_ms"}
+     all packets of turn N in -> all: {"type": "turn", "turn": N, "execute_at": N+delay, "commands": [[pid, [...]], ...],
+                                       "turn_ms", "iterations", "hash_ok", "hashes", "timing"?, "substituted"?}
+  C {"type": "catchup", "from": K}                  -> the master packets from turn K on
+  C {"type": "finish", "result": ...}               -> all finished: {"type": "finished", ...}
+  S {"type": "state", "state", "turn", "away", "lagging"}   on every child-state change
+  S {"type": "halted", "turn", "diverged", "reference"}     hashes diverged: the game stops
+  S {"type": "error", "error": kind, "message": ...}        bad input; an unknown session closes 1008
+"""
+
+from __future__ import annotations
+
+import hmac
+from urllib.parse import parse_qs, urlsplit
+
+from autobahn.websocket.types import ConnectionDeny
+from twisted.internet import defer
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+
+from relayd import jsonutil
+from relayd.apps.base import App
+from relayd.apps.gameroom import states
+from relayd.apps.gameroom.core import LOG_CHUNK, GameRoom, Player, Room, Settings, player_channel, room_channel
+from relayd.apps.gameroom.scheduler import TickScheduler
+from relayd.errors import ProtocolError
+from relayd.ws import closecodes
+from relayd.ws.frames import Frame
+from relayd.ws.protocol import RelaydProtocol
+
+_log = Logger()
+META = "gameroom.room"
+LOG = "gameroom.log"
+MAX_CATCHUP = 1000
+
+
+def _parse(payload: bytes) -> dict:
+    try:
+        value = jsonutil.loads(payload)
+    except jsonutil.BadJSON as e:
+        raise ProtocolError("malformed_message", f"not JSON: {e}") from None
+    if not isinstance(value, dict) or not isinstance(value.get("type"), str):
+        raise ProtocolError("malformed_message", "a message is a JSON object with a string type")
+    return value
+
+
+class GameRoomProtocol(RelaydProtocol):
+    room: Room | None = None
+    player: Player | None = None
+    spectator = False
+    subscriptions = ()
+
+    def connecting(self, request):
+        app: GameRoomApp = self.factory.app
+        parts = [p for p in urlsplit(self.http_request_uri).path.split("/") if p]
+        mount = [p for p in app.ctx.config.path.split("/") if p]
+        rest = parts[len(mount):]
+        if rest[:1] == ["join"]:
+            ids = parse_qs(urlsplit(self.http_request_uri).query).get("game_id", [])
+            mode, room_id = "play", ids[0] if len(ids) == 1 else None
+        elif len(rest) == 2 and rest[0] in ("play", "watch"):
+            mode, room_id = rest
+        else:
+            raise ConnectionDeny(404, "use /play/<id> or /watch/<id>")
+        room = app.core.rooms.get(room_id or "")
+        if room is None:
+            raise ConnectionDeny(404, "no such room")
+        self.room, self.mode = room, mode
+        return None
+
+    def send(self, frame: Frame) -> None:
+        self.send_frame(frame)
+
+    def report(self, error: ProtocolError) -> None:
+        self.send(Frame.json({"type": "error", "error": error.kind, "message": error.message}))
+        if error.close:
+            self.close(closecodes.POLICY, error.message)
+
+    def opened(self) -> None:
+        if self.mode == "watch":
+            self._spectate()
+
+    def _subscribe(self, *channels: str) -> None:
+        bus = self.factory.app.bus
+        self.subscriptions = [bus.subscribe(c, self.send) for c in channels]
+
+    def _spectate(self) -> None:
+        room = self.room
+        self.spectator = True
+        self._subscribe(room_channel(room.id))
+        self.send(Frame.json(self.factory.app.core.welcome(room, None, None)))
+        for master in room.log:
+            self.send(Frame.json(master))
+
+    def received(self, payload: bytes, is_binary: bool) -> None:
+        app: GameRoomApp = self.factory.app
+        core, room, now = app.core, self.room, self.factory.reactor.seconds()
+        message = _parse(payload)
+        kind = message["type"]
+        if kind == "catchup":
+            for master in core.catchup(room, message.get("from"), MAX_CATCHUP):
+                self.send(Frame.json(master))
+            return
+        if self.spectator:
+            raise ProtocolError("spectator", "spectators only watch")
+        if self.player is None:
+            if kind != "join":
+                raise ProtocolError("not_joined", "send join first")
+            self._join(message, now)
+            return
+        if kind == "commands":
+            core.packet(room, self.player, message, now)
+        elif kind == "setup":
+            core.change_setup(room, self.player, message.get("changes"), now)
+        elif kind == "ready":
+            core.set_ready(room, self.player, message.get("ready"), now)
+        elif kind == "finish":
+            core.finish(room, self.player, message.get("result"), now)
+        elif kind == "join":
+            raise ProtocolError("already_joined", "this connection has joined")
+        else:
+            raise ProtocolError("unknown_type", f"unknown message type {kind[:40]}")
+
+    def _join(self, message: dict, now: float) -> None:
+        app: GameRoomApp = self.factory.app
+        core, room = app.core, self.room
+        if "session" in message:
+            player = core.rejoin(room, message["session"], now)
+            previous = app.live.get((room.id, player.pid))
+            if previous is not None and previous is not self:
+                previous.player = None  # its close must not mark the player away
+                previous.close(closecodes.REPLACED, "the session continued on a newer connection")
+            self._as_player(player, None)
+            from_turn = message.get("from_turn", 0)
+            for master in core.catchup(room, from_turn, len(room.log)):
+                self.send(Frame.json(master))
+            return
+        try:
+            player, token = core.join(room, message.get("name"), message.get("user_id"), now)
+        except ProtocolError as e:
+            if e.kind in ("game_running", "room_full") and room.settings.late_joiners == "spectate":
+                self._spectate()
+                return
+            raise ProtocolError(e.kind, e.message, close=True) from None
+        self._as_player(player, token)
+
+    def _as_player(self, player: Player, token: str | None) -> None:
+        app: GameRoomApp = self.factory.app
+        room = self.room
+        self.player = player
+        app.live[(room.id, player.pid)] = self
+        self._subscribe(room_channel(room.id), player_channel(room.id, player.pid))
+        self.send(Frame.json(app.core.welcome(room, player, token)))
+
+    def closed(self) -> None:
+        app: GameRoomApp = self.factory.app
+        for subscription in self.subscriptions:
+            subscription.cancel()
+        self.subscriptions = ()
+        player, self.player = self.player, None
+        if player is not None and self.room is not None:
+            if app.live.get((self.room.id, player.pid)) is self:
+                del app.live[(self.room.id, player.pid)]
+            app.core.left(self.room, player, self.factory.reactor.seconds())
+
+
+class _JSONResource(Resource):
+    isLeaf = True
+
+    def __init__(self, app: "GameRoomApp"):
+        super().__init__()
+        self.app = app
+
+    def answer(self, request, code: int, body) -> bytes:
+        self.app.metrics.http(code)
+        request.setResponseCode(code)
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        return jsonutil.dumps(body)
+
+
+class Create(_JSONResource):
+    def render_POST(self, request):
+        token = self.app.options["create_token"].encode()
+        given = request.getHeader(b"authorization") or b""
+        if not token or not hmac.compare_digest(given, b"Bearer " + token):
+            request.setHeader(b"www-authenticate", b'Bearer realm="relayd"')
+            self.app.metrics.protocol_error("unauthorized_create")
+            return self.answer(request, 401, {"error": "unauthorized"})
+        body = request.content.read(65537)
+        if len(body) > 65536:
+            return self.answer(request, 413, {"error": "body too large"})
+        try:
+            room = self.app.core.create(jsonutil.loads(body), self.app.reactor.seconds())
+        except jsonutil.BadJSON as e:
+            return self.answer(request, 400, {"error": f"not JSON: {e}"})
+        except ProtocolError as e:
+            return self.answer(request, 503 if e.kind == "too_many_rooms" else 400, {"error": e.message})
+        host = (request.getHeader(b"host") or b"localhost").decode("ascii", "replace")
+        secure = request.isSecure()
+        base = f"{'wss' if secure else 'ws'}://{host}{self.app.mount}"
+        http_base = f"{'https' if secure else 'http'}://{host}{self.app.mount}"
+        return self.answer(request, 201, {
+            "id": room.id, "play_url": f"{base}/play/{room.id}", "watch_url": f"{base}/watch/{room.id}",
+            "info_url": f"{http_base}/rooms/{room.id}", "archive_url": f"{http_base}/archive/{room.id}",
+        })
+
+
+class Lookup(_JSONResource):
+    def __init__(self, app, view):
+        super().__init__(app)
+        self.view = view
+
+    def render_GET(self, request):
+        room_id = request.postpath[0].decode("ascii", "replace") if request.postpath else ""
+        room = self.app.core.rooms.get(room_id)
+        if room is None:
+            return self.answer(request, 404, {"error": "no such room"})
+        return self.answer(request, 200, self.view(room))
+
+
+class GameRoomApp(App):
+    protocol = GameRoomProtocol
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        o = self.options
+        self.mount = "" if ctx.config.path == "/" else ctx.config.path
+        self.settings = Settings(
+            command_delay=o["command_delay"], initial_turn_ms=o["turn_ms"], min_turn_ms=o["min_turn_ms"],
+            max_turn_ms=o["max_turn_ms"], iterations=o["iterations_per_turn"], lag_tolerance=o["lag_tolerance"],
+            on_lag=o["on_lag"], away_timeout=o["away_timeout"], late_joiners=o["late_joiners"],
+            max_players=o["max_players"], max_rooms=o["max_rooms"], max_command_bytes=o["max_command_bytes"],
+            max_setup_bytes=o["max_setup_bytes"], max_turns=o["max_turns"], setup_timeout=o["setup_timeout"],
+            archive_ttl=o["archive_ttl"],
+        )
+        self.core = GameRoom(self.bus, self.settings)
+        self.live: dict[tuple[str, str], GameRoomProtocol] = {}
+        self.scheduler = TickScheduler(
+            self.reactor, o["tick_interval"], self._tick,
+            on_error=self.metrics.parent.tick_errors.labels(ctx.name).inc,
+            lateness=self.metrics.parent.tick_lateness.labels(ctx.name).observe,
+        )
+        self._persist = LoopingCall(self._flush)
+        self._persist.clock = self.reactor
+        self._flushing: defer.Deferred | None = None
+        self._last_housekeeping = 0.0
+
+    def _tick(self, now: float) -> None:
+        self.core.tick(now)
+        if now - self._last_housekeeping >= 1.0:
+            self._last_housekeeping = now
+            self.core.housekeeping(now)
+
+    @defer.inlineCallbacks
+    def start(self):
+        now = self.reactor.seconds()
+        chunks: dict[str, dict[int, list]] = {}
+        for key, packets in (yield self.store.items(LOG)):
+            room_id, _, index = key.rpartition(":")
+            chunks.setdefault(room_id, {})[int(index)] = packets
+        for room_id, meta in (yield self.store.items(META)):
+            log = [p for _, chunk in sorted(chunks.get(room_id, {}).items()) for p in chunk]
+            try:
+                self.core.restore(meta, log, now)
+            except Exception:
+                _log.failure("gameroom: room {room} could not be restored", room=room_id)
+        self.scheduler.start()
+        self._persist.start(self.options["persist_interval"], now=False)
+
+    def _flush(self):
+        """Write every changed room's state and new log chunks in one transaction."""
+        if self._flushing is not None:
+            return None  # the previous write is still going; its rooms stay dirty
+        core = self.core
+        entries, deletions = [], []
+        for room_id in list(core.dirty):
+            room = core.rooms.get(room_id)
+            if room is None:
+                continue
+            entries.append((META, room.id, room.meta()))
+            for index in range(room.persisted // LOG_CHUNK, (len(room.log) - 1) // LOG_CHUNK + 1):
+                chunk = room.log[index * LOG_CHUNK:(index + 1) * LOG_CHUNK]
+                entries.append((LOG, f"{room.id}:{index:08d}", chunk))
+            room.persisted = len(room.log)
+        for room_id in core.deleted:
+            deletions.append((META, room_id))
+        core.dirty.clear()
+        deleted, core.deleted = core.deleted, set()
+        if not entries and not deleted:
+            return None
+        d = self._flushing = self.store.put_many(entries)
+        if deleted:
+            d.addCallback(lambda _: self._delete_logs(deleted, deletions))
+        d.addErrback(self._flush_failed, [e[1] for e in entries if e[0] == META])
+        d.addBoth(self._flushed)  # may run at once: a store that wrote synchronously
+        return None
+
+    @defer.inlineCallbacks
+    def _delete_logs(self, deleted: set, deletions: list):
+        keys = [(LOG, key) for key, _ in (yield self.store.items(LOG)) if key.rpartition(":")[0] in deleted]
+        yield self.store.delete_many(deletions + keys)
+
+    def _flush_failed(self, failure, room_ids):
+        _log.failure("gameroom: persisting rooms failed; they are retried", failure)
+        for room_id in room_ids:
+            room = self.core.rooms.get(room_id)
+            if room is not None:
+                room.persisted = 0
+                self.core.dirty.add(room_id)
+
+    def _flushed(self, _):
+        self._flushing = None
+
+    @defer.inlineCallbacks
+    def stop(self):
+        self.scheduler.stop()
+        if self._persist.running:
+            self._persist.stop()
+        if self._flushing is not None:
+            yield self._flushing
+        self._flush()
+        if self._flushing is not None:
+            yield self._flushing
+
+    def accepts_websocket_path(self, postpath) -> bool:
+        return (len(postpath) == 2 and postpath[0] in (b"play", b"watch")) or postpath[:1] == [b"join"]
+
+    def http_resource(self):
+        root = Resource()
+        root.putChild(b"create", Create(self))
+        root.putChild(b"rooms", Lookup(self, lambda room: room.info()))
+        root.putChild(b"archive", Lookup(self, lambda room: room.archive()))
+        return root
+
+    def room_count(self) -> int:
+        return len(self.core.rooms)

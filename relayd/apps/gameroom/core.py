@@ -1,0 +1,562 @@
+"""
+gameroom, sans IO: deterministic lock-step rooms in the Age of Empires model.
+
+The server never runs engine code. It gathers each player's command packet for the open turn,
+closes the turn into a master packet (every player's commands in a fixed order, the turn timing
+and the hash verdict) and broadcasts it; commands execute `command_delay` turns after the turn they
+were sent for, so the next master packet travels while a turn plays. Time is passed in (`now`);
+the tick scheduler calls tick(now) for deadlines. Frames go out on the bus; the durable store is
+fed by the app from `dirty`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from typing import Any
+
+import attr
+
+from relayd import jsonutil
+from relayd.apps.gameroom import states
+from relayd.bus import IBus
+from relayd.errors import ProtocolError
+from relayd.ws.frames import Frame
+
+LOG_CHUNK = 256
+
+
+def room_channel(room_id: str) -> str:
+    return "gameroom:room:" + room_id
+
+
+def player_channel(room_id: str, pid: str) -> str:
+    return "gameroom:player:" + room_id + ":" + pid
+
+
+def token_key(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()
+
+
+def _err(kind: str, message: str, close: bool = False) -> ProtocolError:
+    return ProtocolError(kind, message, close=close)
+
+
+def _frame(kind: str, **fields) -> Frame:
+    return Frame.json({"type": kind, **fields})
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class Settings:
+    command_delay: int = 2
+    initial_turn_ms: int = 100
+    min_turn_ms: int = 50
+    max_turn_ms: int = 1000
+    iterations: int = 4
+    lag_tolerance: float = 5.0
+    on_lag: str = "substitute"  # or "wait"
+    away_timeout: float = 60.0
+    late_joiners: str = "spectate"  # or "refuse"
+    max_players: int = 16
+    max_rooms: int = 1000
+    max_command_bytes: int = 4096
+    max_setup_bytes: int = 16384
+    max_turns: int = 100000
+    setup_timeout: float = 3600.0
+    archive_ttl: float = 86400.0
+
+
+@attr.s(auto_attribs=True, eq=False)
+class Player:
+    pid: str
+    name: str
+    user_id: str
+    token: str  # digest of the session token; the token itself is never kept
+    connected: bool = True
+    ready: bool = False
+    away_since: float | None = None
+    dropped: bool = False
+    latency_ms: float = 0.0
+    frame_ms: float = 0.0
+    finished: Any = None
+
+    def public(self) -> dict:
+        return {"player_id": self.pid, "name": self.name, "user_id": self.user_id, "connected": self.connected,
+                "ready": self.ready, "dropped": self.dropped}
+
+    def record(self) -> dict:
+        return attr.asdict(self)
+
+
+@attr.s(auto_attribs=True, eq=False)
+class Room:
+    id: str
+    engine: str
+    seed: Any
+    expected: int
+    settings: Settings
+    created: float
+    setup: dict = attr.Factory(dict)
+    setup_version: int = 0
+    state: str = states.SETUP
+    players: list = attr.Factory(list)
+    turn: int = 0
+    turn_ms: int = 100
+    iterations: int = 4
+    pending_timing: dict | None = None
+    packets: dict = attr.Factory(dict)
+    opened_at: float = 0.0
+    lag_since: float | None = None
+    log: list = attr.Factory(list)
+    hashes: dict = attr.Factory(dict)
+    events: list = attr.Factory(list)
+    started: float | None = None
+    ended: float | None = None
+    persisted: int = 0
+
+    def player(self, pid: str) -> Player | None:
+        for p in self.players:
+            if p.pid == pid:
+                return p
+        return None
+
+    def deadline(self) -> float:
+        return self.opened_at + self.settings.command_delay * self.turn_ms / 1000.0
+
+    def info(self) -> dict:
+        return {
+            "id": self.id, "engine": self.engine, "expected_players": self.expected, "state": self.state,
+            "turn": self.turn, "turn_ms": self.turn_ms, "iterations": self.iterations,
+            "command_delay": self.settings.command_delay, "players": [p.public() for p in self.players],
+            "created": self.created, "started": self.started, "ended": self.ended,
+        }
+
+    def archive(self) -> dict:
+        return {
+            **self.info(), "seed": self.seed, "setup": self.setup, "setup_version": self.setup_version,
+            "packets": self.log, "events": self.events,
+        }
+
+    def meta(self) -> dict:
+        """Everything but the log, for the durable store."""
+        return {
+            "id": self.id, "engine": self.engine, "seed": self.seed, "expected": self.expected,
+            "settings": attr.asdict(self.settings), "created": self.created, "setup": self.setup,
+            "setup_version": self.setup_version, "state": self.state, "players": [p.record() for p in self.players],
+            "turn": self.turn, "turn_ms": self.turn_ms, "iterations": self.iterations,
+            "pending_timing": self.pending_timing, "hashes": {str(k): v for k, v in self.hashes.items()},
+            "events": self.events, "started": self.started, "ended": self.ended, "log_length": len(self.log),
+        }
+
+
+def _check_size(value: Any, limit: int, what: str) -> None:
+    if len(jsonutil.dumps(value)) > limit:
+        raise _err("too_large", f"{what} is larger than {limit} bytes")
+
+
+def _number(message: dict, key: str, lo: float, hi: float, default: float = 0.0) -> float:
+    value = message.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+        raise _err("malformed_packet", f"{key} must be a number from {lo} to {hi}")
+    return float(value)
+
+
+class GameRoom:
+    def __init__(self, bus: IBus, settings: Settings):
+        self.bus = bus
+        self.settings = settings
+        self.rooms: dict[str, Room] = {}
+        self.running: dict[str, Room] = {}
+        self.dirty: set[str] = set()
+        self.deleted: set[str] = set()
+
+    # ---- rooms -----------------------------------------------------------------------------
+
+    def create(self, body: Any, now: float) -> Room:
+        if not isinstance(body, dict):
+            raise _err("bad_request", "the body must be a JSON object")
+        if len(self.rooms) >= self.settings.max_rooms:
+            raise _err("too_many_rooms", "the server holds as many rooms as it may")
+        engine, seed, expected = body.get("engine"), body.get("seed"), body.get("players")
+        options = body.get("options", {})
+        if not isinstance(engine, str) or not 0 < len(engine) <= 256:
+            raise _err("bad_request", "engine must be a reference string of up to 256 characters")
+        if not (isinstance(seed, str) and len(seed) <= 256) and not (isinstance(seed, int) and not isinstance(seed, bool)):
+            raise _err("bad_request", "seed must be an integer or a string of up to 256 characters")
+        if isinstance(expected, bool) or not isinstance(expected, int) or not 1 <= expected <= self.settings.max_players:
+            raise _err("bad_request", f"players must be a whole number from 1 to {self.settings.max_players}")
+        if not isinstance(options, dict):
+            raise _err("bad_request", "options must be an object")
+        settings = self._room_settings(options)
+        setup = options.get("setup", {})
+        if not isinstance(setup, dict):
+            raise _err("bad_request", "options.setup must be an object")
+        _check_size(setup, settings.max_setup_bytes, "the setup")
+        room = Room(id=uuid.uuid4().hex[:12], engine=engine, seed=seed, expected=expected, settings=settings,
+                    created=now, setup=setup, turn_ms=settings.initial_turn_ms, iterations=settings.iterations)
+        self.rooms[room.id] = room
+        self._event(room, now, "created")
+        return room
+
+    def _room_settings(self, options: dict) -> Settings:
+        """Room options may tighten the server's settings within their bounds."""
+        s = self.settings
+        changes: dict[str, Any] = {}
+        for key, lo, hi in (("command_delay", 1, 16), ("iterations", 1, 1000),
+                            ("initial_turn_ms", s.min_turn_ms, s.max_turn_ms)):
+            if key in options:
+                value = options[key]
+                if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+                    raise _err("bad_request", f"options.{key} must be a whole number from {lo} to {hi}")
+                changes[key] = value
+        for key, choices in (("on_lag", ("substitute", "wait")), ("late_joiners", ("spectate", "refuse"))):
+            if key in options:
+                if options[key] not in choices:
+                    raise _err("bad_request", f"options.{key} must be one of {', '.join(choices)}")
+                changes[key] = options[key]
+        unknown = set(options) - {"command_delay", "iterations", "initial_turn_ms", "on_lag", "late_joiners", "setup"}
+        if unknown:
+            raise _err("bad_request", f"unknown options: {', '.join(sorted(unknown))[:200]}")
+        return attr.evolve(s, **changes)
+
+    def _event(self, room: Room, now: float, kind: str, **fields) -> None:
+        room.events.append({"at": round(now, 3), "event": kind, "turn": room.turn, **fields})
+        self.dirty.add(room.id)
+
+    def _broadcast(self, room: Room, frame: Frame) -> None:
+        self.bus.publish(room_channel(room.id), frame)
+
+    def _to_player(self, room: Room, pid: str, frame: Frame) -> None:
+        self.bus.publish(player_channel(room.id, pid), frame)
+
+    def _players_changed(self, room: Room) -> None:
+        self._broadcast(room, _frame("players", players=[p.public() for p in room.players]))
+        self.dirty.add(room.id)
+
+    # ---- joining ---------------------------------------------------------------------------
+
+    def join(self, room: Room, name: Any, user_id: Any, now: float) -> tuple[Player, str]:
+        if room.state != states.SETUP:
+            raise _err("game_running", "the game has started; players are locked")
+        if len(room.players) >= room.expected:
+            raise _err("room_full", "the room has all its players")
+        if name is None:
+            name = "guest-" + uuid.uuid4().hex[:8]
+        if user_id is None:
+            user_id = str(uuid.uuid4())
+        if not isinstance(name, str) or not 0 < len(name) <= 64:
+            raise _err("malformed_join", "name must be a string of 1 to 64 characters")
+        if not isinstance(user_id, str) or not 0 < len(user_id) <= 128:
+            raise _err("malformed_join", "user_id must be a string of 1 to 128 characters")
+        used = {p.pid for p in room.players}
+        pid = next(f"p{i}" for i in range(1, room.expected + 2) if f"p{i}" not in used)
+        token = secrets.token_urlsafe(32)
+        player = Player(pid=pid, name=name, user_id=user_id, token=token_key(token))
+        room.players.append(player)
+        self._event(room, now, "joined", player=pid)
+        self._players_changed(room)
+        return player, token
+
+    def rejoin(self, room: Room, token: Any, now: float) -> Player:
+        """The session token is the only way to act as a player."""
+        if isinstance(token, str):
+            key = token_key(token)
+            for player in room.players:
+                if secrets.compare_digest(player.token, key):
+                    player.connected = True
+                    player.away_since = None
+                    player.dropped = False
+                    self._event(room, now, "reconnected", player=player.pid)
+                    self._players_changed(room)
+                    self._refresh_state(room, now)
+                    return player
+        raise _err("invalid_session", "this session token belongs to no player of this room", close=True)
+
+    def left(self, room: Room, player: Player, now: float) -> None:
+        if room.state == states.SETUP:
+            # a setup seat is freed at once; the player may join again
+            room.players.remove(player)
+            self._event(room, now, "left", player=player.pid)
+            self._players_changed(room)
+            return
+        if room.state == states.FINISHED:
+            return
+        player.connected = False
+        player.away_since = now
+        self._event(room, now, "disconnected", player=player.pid)
+        self._players_changed(room)
+        self._refresh_state(room, now)
+
+    def welcome(self, room: Room, player: Player | None, token: str | None) -> dict:
+        return {
+            "type": "welcome", "room": room.id, "player_id": player.pid if player else None,
+            "session": token, "spectator": player is None, "engine": room.engine, "seed": room.seed,
+            "setup": room.setup, "setup_version": room.setup_version, "expected_players": room.expected,
+            "players": [p.public() for p in room.players], "state": room.state, "turn": room.turn,
+            "turn_ms": room.turn_ms, "iterations": room.iterations, "command_delay": room.settings.command_delay,
+            "order": [p.pid for p in room.players] if states.is_running(room.state) or room.state == states.FINISHED else None,
+        }
+
+    # ---- setup -----------------------------------------------------------------------------
+
+    def change_setup(self, room: Room, player: Player, changes: Any, now: float) -> None:
+        if room.state != states.SETUP:
+            raise _err("not_in_setup", "the setup is final once the game runs")
+        if not isinstance(changes, dict):
+            raise _err("malformed_setup", "changes must be an object")
+        merged = dict(room.setup)
+        for key, value in changes.items():
+            if value is None:
+                merged.pop(key, None)
+            else:
+                merged[key] = value
+        _check_size(merged, room.settings.max_setup_bytes, "the setup")
+        room.setup = merged
+        room.setup_version += 1
+        for p in room.players:
+            p.ready = False  # a changed setup must be agreed again
+        self._event(room, now, "setup", player=player.pid, version=room.setup_version)
+        self._broadcast(room, _frame("setup", setup=merged, version=room.setup_version, by=player.pid))
+        self._players_changed(room)
+
+    def set_ready(self, room: Room, player: Player, ready: Any, now: float) -> None:
+        if room.state != states.SETUP:
+            raise _err("not_in_setup", "readiness is committed in setup")
+        if not isinstance(ready, bool):
+            raise _err("malformed_ready", "ready must be true or false")
+        player.ready = ready
+        self._players_changed(room)
+        if len(room.players) == room.expected and all(p.ready and p.connected for p in room.players):
+            self._start(room, now)
+
+    def _start(self, room: Room, now: float) -> None:
+        room.state = states.transition(room.state, "start")
+        room.started = now
+        room.turn = 0
+        room.opened_at = now
+        self.running[room.id] = room
+        self._event(room, now, "started")
+        self._broadcast(room, _frame(
+            "start", order=[p.pid for p in room.players], setup=room.setup, setup_version=room.setup_version,
+            seed=room.seed, engine=room.engine, turn=0, turn_ms=room.turn_ms, iterations=room.iterations,
+            command_delay=room.settings.command_delay, state=room.state,
+        ))
+
+    # ---- turns -----------------------------------------------------------------------------
+
+    def packet(self, room: Room, player: Player, message: dict, now: float) -> None:
+        if room.state in (states.HALTED, states.FINISHED) or not states.is_running(room.state):
+            raise _err("not_running", f"the room is {room.state}")
+        turn = message.get("turn")
+        if isinstance(turn, bool) or not isinstance(turn, int):
+            raise _err("malformed_packet", "turn must be a whole number")
+        commands = message.get("commands", [])
+        if not isinstance(commands, list):
+            raise _err("malformed_packet", "commands must be a list")
+        _check_size(commands, room.settings.max_command_bytes, "the commands")
+        state_hash, hash_turn = message.get("hash"), message.get("hash_turn")
+        if state_hash is not None and (not isinstance(state_hash, str) or len(state_hash) > 128):
+            raise _err("malformed_packet", "hash must be a string of up to 128 characters")
+        if state_hash is not None and (isinstance(hash_turn, bool) or not isinstance(hash_turn, int) or hash_turn < 0):
+            raise _err("malformed_packet", "a hash needs the hash_turn it was taken after")
+        latency = _number(message, "latency_ms", 0, 60000)
+        frame_ms = _number(message, "frame_ms", 0, 60000)
+        if turn < room.turn:
+            # a resend of a packet whose turn already closed: its master packet is the acknowledgement
+            if 0 <= turn < len(room.log):
+                self._to_player(room, player.pid, Frame.json(room.log[turn]))
+            return
+        if turn > room.turn:
+            raise _err("turn_not_open", f"turn {turn} is not open (the open turn is {room.turn})")
+        packet = {"commands": commands, "hash": state_hash, "hash_turn": hash_turn}
+        previous = room.packets.get(player.pid)
+        if previous is not None:
+            if previous != packet:
+                raise _err("conflicting_packet", f"a different packet for turn {turn} was already accepted")
+            return  # a duplicate: idempotent
+        room.packets[player.pid] = packet
+        player.latency_ms = latency if not player.latency_ms else 0.8 * player.latency_ms + 0.2 * latency
+        player.frame_ms = frame_ms if not player.frame_ms else 0.8 * player.frame_ms + 0.2 * frame_ms
+        if state_hash is not None and self._record_hash(room, player, hash_turn, state_hash, now):
+            return
+        if all(p.pid in room.packets or p.dropped for p in room.players):
+            self._close_turn(room, now, substituted=[p.pid for p in room.players if p.pid not in room.packets])
+
+    def _record_hash(self, room: Room, player: Player, hash_turn: int, value: str, now: float) -> bool:
+        """Compare with the first player's hash of the same turn; True when the game halted."""
+        seen = room.hashes.setdefault(hash_turn, {})
+        seen[player.pid] = value
+        reference_pid = room.players[0].pid
+        reference = seen.get(reference_pid)
+        if reference is None:
+            return False
+        diverged = sorted(pid for pid, h in seen.items() if h != reference)
+        if diverged:
+            room.state = states.transition(room.state, "diverged")
+            self.running.pop(room.id, None)
+            room.ended = now
+            self._event(room, now, "diverged", hash_turn=hash_turn, diverged=diverged, reference=reference_pid,
+                        hashes=dict(seen))
+            self._broadcast(room, _frame("halted", turn=hash_turn, diverged=diverged, reference=reference_pid,
+                                         state=room.state))
+            return True
+        if len(seen) == len([p for p in room.players if not p.dropped]):
+            del room.hashes[hash_turn]  # every player agreed: nothing left to compare
+        return False
+
+    def _close_turn(self, room: Room, now: float, substituted: list[str]) -> None:
+        n = room.turn
+        master: dict[str, Any] = {
+            "type": "turn", "turn": n, "execute_at": n + room.settings.command_delay,
+            "commands": [[p.pid, room.packets[p.pid]["commands"] if p.pid in room.packets else []] for p in room.players],
+            "turn_ms": room.turn_ms, "iterations": room.iterations, "hash_ok": True,
+            "hashes": {pid: [pk["hash_turn"], pk["hash"]] for pid, pk in room.packets.items() if pk["hash"] is not None},
+        }
+        if substituted:
+            master["substituted"] = substituted
+            self._event(room, now, "substituted", players=substituted)
+        timing = self._adapt_timing(room, n, now)
+        if timing is not None:
+            master["timing"] = timing
+        room.log.append(master)
+        self._broadcast(room, Frame.json(master))
+        room.turn = n + 1
+        room.packets = {}
+        room.opened_at = now
+        room.lag_since = None
+        pending = room.pending_timing
+        if pending is not None and room.turn >= pending["from_turn"]:
+            room.turn_ms, room.iterations = pending["turn_ms"], pending["iterations"]
+            room.pending_timing = None
+        self.dirty.add(room.id)
+        if room.turn >= room.settings.max_turns:
+            self._finish(room, now, "max_turns")
+            return
+        self._refresh_state(room, now)
+
+    def _adapt_timing(self, room: Room, n: int, now: float) -> dict | None:
+        """
+        The turn must hold the slowest player's engine iterations, and command_delay turns must
+        cover the slowest round trip; a change of more than 10% is announced for a turn far enough
+        ahead that every client switches together.
+        """
+        if room.pending_timing is not None:
+            return None
+        s = room.settings
+        active = [p for p in room.players if not p.dropped]
+        if not active:
+            return None
+        slowest_frame = max(p.frame_ms for p in active) * room.iterations
+        slowest_rtt = max(p.latency_ms for p in active) * 1.2 / s.command_delay
+        wanted = int(min(s.max_turn_ms, max(s.min_turn_ms, s.initial_turn_ms if not (slowest_frame or slowest_rtt)
+                                             else max(slowest_frame, slowest_rtt, s.min_turn_ms))))
+        if abs(wanted - room.turn_ms) <= room.turn_ms * 0.1:
+            return None
+        room.pending_timing = {"turn_ms": wanted, "iterations": room.iterations,
+                               "from_turn": n + s.command_delay + 1}
+        self._event(room, now, "timing", **room.pending_timing)
+        return dict(room.pending_timing)
+
+    def catchup(self, room: Room, from_turn: Any, limit: int) -> list[dict]:
+        if isinstance(from_turn, bool) or not isinstance(from_turn, int) or from_turn < 0:
+            raise _err("malformed_catchup", "from must be a whole number")
+        return room.log[from_turn:from_turn + limit]
+
+    def finish(self, room: Room, player: Player, result: Any, now: float) -> None:
+        if not states.is_running(room.state):
+            raise _err("not_running", f"the room is {room.state}")
+        _check_size(result, 4096, "the result")
+        player.finished = {"result": result, "turn": room.turn}
+        self._event(room, now, "finish", player=player.pid)
+        if all(p.finished is not None or p.dropped for p in room.players):
+            self._finish(room, now, "players")
+
+    def _finish(self, room: Room, now: float, reason: str) -> None:
+        room.state = states.transition(room.state, "finish")
+        room.ended = now
+        self.running.pop(room.id, None)
+        self._event(room, now, "finished", reason=reason)
+        self._broadcast(room, _frame("finished", reason=reason, turn=room.turn,
+                                     results={p.pid: p.finished for p in room.players}))
+
+    # ---- time ------------------------------------------------------------------------------
+
+    def _refresh_state(self, room: Room, now: float) -> None:
+        state = room.state
+        if not states.is_running(state) or state == states.HALTED:
+            return
+        away = [p.pid for p in room.players if not p.connected and not p.dropped]
+        missing = [p.pid for p in room.players if p.pid not in room.packets and not p.dropped]
+        late = bool(missing) and now > room.deadline()
+        target = states.WAITING if away else states.LAGGING if late else states.ITERATING
+        if target == state:
+            return
+        event = {states.WAITING: "away", states.LAGGING: "late"}.get(target)
+        if event is None:
+            event = "back" if state == states.WAITING else "caught_up"
+        room.state = states.transition(state, event)
+        if target == states.LAGGING:
+            room.lag_since = now
+        self._event(room, now, "state", state=room.state)
+        self._broadcast(room, _frame("state", state=room.state, turn=room.turn, away=away,
+                                     lagging=missing if target == states.LAGGING else []))
+
+    def tick(self, now: float) -> None:
+        """Deadlines of every running room: away players, late turns, substitution."""
+        for room in list(self.running.values()):
+            for p in room.players:
+                if not p.connected and not p.dropped and p.away_since is not None \
+                        and now - p.away_since >= room.settings.away_timeout:
+                    p.dropped = True
+                    self._event(room, now, "dropped", player=p.pid)
+                    self._players_changed(room)
+            if all(p.dropped for p in room.players):
+                self._finish(room, now, "abandoned")
+                continue
+            missing = [p.pid for p in room.players if p.pid not in room.packets]
+            if missing and all(room.player(pid).dropped for pid in missing):
+                self._close_turn(room, now, substituted=missing)
+                continue
+            self._refresh_state(room, now)
+            if room.state == states.LAGGING and room.settings.on_lag == "substitute" \
+                    and room.lag_since is not None and now - room.lag_since >= room.settings.lag_tolerance:
+                self._close_turn(room, now, substituted=missing)
+
+    def housekeeping(self, now: float) -> None:
+        """Rooms never leak: unstarted rooms time out, finished ones leave after archive_ttl."""
+        for room in list(self.rooms.values()):
+            if room.state == states.SETUP and now - room.created >= room.settings.setup_timeout:
+                room.state = states.transition(room.state, "abandon")
+                room.ended = now
+                self._event(room, now, "abandoned")
+                self._broadcast(room, _frame("finished", reason="setup_timeout", turn=0, results={}))
+            if room.ended is not None and now - room.ended >= room.settings.archive_ttl:
+                del self.rooms[room.id]
+                self.running.pop(room.id, None)
+                self.dirty.discard(room.id)
+                self.deleted.add(room.id)
+
+    # ---- the durable store -----------------------------------------------------------------
+
+    def restore(self, meta: dict, log: list, now: float) -> Room:
+        settings = Settings(**meta["settings"])
+        room = Room(id=meta["id"], engine=meta["engine"], seed=meta["seed"], expected=meta["expected"],
+                    settings=settings, created=meta["created"], setup=meta["setup"],
+                    setup_version=meta["setup_version"], state=meta["state"], turn=meta["turn"],
+                    turn_ms=meta["turn_ms"], iterations=meta["iterations"], pending_timing=meta["pending_timing"],
+                    hashes={int(k): v for k, v in meta["hashes"].items()}, events=meta["events"],
+                    started=meta["started"], ended=meta["ended"], log=log[:meta["turn"]], persisted=meta["turn"])
+        room.players = [Player(**p) for p in meta["players"]]
+        if states.is_running(room.state) and room.state != states.HALTED:
+            for p in room.players:
+                if not p.dropped:
+                    p.connected, p.away_since = False, now
+            room.opened_at = now
+            self.running[room.id] = room
+            # loading is not a transition: a restored game waits for its players to come back
+            room.state = states.WAITING
+        elif room.state == states.SETUP:
+            room.players = []  # setup seats do not outlive their connections
+        self.rooms[room.id] = room
+        return room

@@ -1,0 +1,377 @@
+"""gameroom: whole lock-step games in memory, with the reference engine and player."""
+
+import json
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import TestCase
+
+from relayd.apps.gameroom import states
+from relayd.apps.gameroom.reference import ReferencePlayer
+from relayd.apps.gameroom.scheduler import TickScheduler
+from relayd.store import MemoryStore
+from tests.support import Harness, make_config
+
+TOKEN = "create-token-0123456789"
+APP = """
+[app:gameroom]
+listeners = main
+path = /gameroom
+create_token = {token}
+tick_interval = 0.01
+lag_tolerance = 2
+away_timeout = 10
+{extra}
+"""
+
+
+def harness(extra: str = "", store=None) -> Harness:
+    return Harness(make_config(APP.format(token=TOKEN, extra=extra)), store=store).start()
+
+
+def create(h, players=2, seed=7, options=None, token=TOKEN):
+    body = {"engine": "counter@1", "seed": seed, "players": players, "options": options or {}}
+    return h.http("POST", "/gameroom/create", json.dumps(body).encode(), {"Authorization": f"Bearer {token}"})
+
+
+class Seat:
+    """A WebSocket client driven by a ReferencePlayer."""
+
+    def __init__(self, h, room_id, player=None, path="play"):
+        self.h = h
+        self.player = player or ReferencePlayer()
+        self.ws = h.ws(f"/gameroom/{path}/{room_id}")
+        self.seen = 0
+        self.log = []
+
+    def send(self, message):
+        self.ws.send_json(message)
+
+    def pump(self) -> bool:
+        moved = False
+        while self.seen < len(self.ws.messages):
+            message = json.loads(self.ws.messages[self.seen])
+            self.seen += 1
+            self.log.append(message)
+            for out in self.player.on_message(message):
+                self.send(out)
+                moved = True
+        return moved
+
+
+def play(h, seats, until=lambda: False, rounds=2000, step=0.01):
+    """Exchange messages until nothing moves or `until` holds; each round is `step` seconds of play."""
+    for _ in range(rounds):
+        h.advance(step)
+        moved = False
+        for seat in seats:
+            moved = seat.pump() or moved
+        if until() or not moved:
+            h.flush()
+            for seat in seats:
+                seat.pump()
+            return
+
+
+def new_game(h, players=2, seed=7, options=None, plans=None):
+    status, _, body = create(h, players, seed, options)
+    assert status == 201, body
+    room_id = json.loads(body)["id"]
+    seats = []
+    for i in range(players):
+        seat = Seat(h, room_id, ReferencePlayer(name=f"player{i}", plan=(plans or {}).get(i)))
+        seat.send(seat.player.join())
+        seats.append(seat)
+    return room_id, seats
+
+
+class HTTPTests(TestCase):
+    def test_create_needs_token(self):
+        """POST create without the bearer token is 401; with it, 201 with id and play/watch URLs."""
+        h = harness()
+        self.assertEqual(create(h, token="wrong-token-000000000")[0], 401)
+        status, _, body = create(h)
+        self.assertEqual(status, 201)
+        answer = json.loads(body)
+        self.assertTrue(answer["play_url"].endswith(f"/gameroom/play/{answer['id']}"))
+        self.assertTrue(answer["watch_url"].startswith("ws://"))
+
+    def test_bad_create_bodies(self):
+        """Bodies without engine, seed or a valid player count are refused with 400."""
+        h = harness()
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        for body in [b"nope", b"[]", b'{"engine": "e", "seed": 1}', b'{"engine": "e", "seed": 1, "players": 0}',
+                     b'{"engine": "e", "seed": 1.5, "players": 2}', b'{"engine": "e", "seed": 1, "players": 2, "options": {"bogus": 1}}']:
+            self.assertEqual(h.http("POST", "/gameroom/create", body, auth)[0], 400, body)
+
+    def test_room_info_and_unknown(self):
+        """GET rooms/<id> gives public info; unknown ids are 404 over HTTP and WebSocket."""
+        h = harness()
+        room_id = json.loads(create(h)[2])["id"]
+        status, _, body = h.http("GET", f"/gameroom/rooms/{room_id}")
+        self.assertEqual(status, 200)
+        self.assertEqual(json.loads(body)["state"], "setup")
+        self.assertEqual(h.http("GET", "/gameroom/rooms/nope")[0], 404)
+        self.assertFalse(h.ws("/gameroom/play/nope").opened)
+
+
+class SetupTests(TestCase):
+    def test_welcome_setup_changes_and_readiness(self):
+        """Welcome carries engine, seed and setup; changes are broadcast in full; a change resets readiness."""
+        h = harness()
+        room_id = json.loads(create(h, options={"setup": {"map": "island"}})[2])["id"]
+        a = Seat(h, room_id, ReferencePlayer(name="ann", auto_ready=False))
+        b = Seat(h, room_id, ReferencePlayer(auto_ready=False))
+        a.send(a.player.join())
+        b.send(b.player.join())
+        play(h, [a, b])
+        welcome = a.log[0]
+        self.assertEqual((welcome["engine"], welcome["seed"], welcome["setup"]), ("counter@1", 7, {"map": "island"}))
+        self.assertTrue(b.log[0]["players"][1]["name"].startswith("guest-"))
+        a.send({"type": "ready", "ready": True})
+        play(h, [a, b])
+        b.send({"type": "setup", "changes": {"speed": 2, "map": None}})
+        play(h, [a, b])
+        setup = [m for m in a.log if m["type"] == "setup"][-1]
+        self.assertEqual((setup["setup"], setup["version"], setup["by"]), ({"speed": 2}, 1, "p2"))
+        players = [m for m in a.log if m["type"] == "players"][-1]["players"]
+        self.assertEqual([p["ready"] for p in players], [False, False])
+
+    def test_start_when_all_connected_and_ready(self):
+        """The game starts only when the expected players are all connected and ready."""
+        h = harness()
+        room_id, seats = new_game(h, players=3)
+        play(h, seats[:2])
+        self.assertEqual(h.app("gameroom").core.rooms[room_id].state, states.SETUP)
+        play(h, seats, until=lambda: seats[0].player.executed >= 3)
+        self.assertTrue(states.is_running(h.app("gameroom").core.rooms[room_id].state))
+
+
+class RunningTests(TestCase):
+    def test_many_turns_hashes_agree(self):
+        """Two players play 200 turns; master packets are identical for both and their hashes agree."""
+        h = harness()
+        room_id, seats = new_game(h)
+        play(h, seats, until=lambda: all(s.player.executed >= 200 for s in seats))
+        a, b = seats
+        self.assertGreaterEqual(a.player.executed, 200)
+        self.assertEqual(a.player.hashes[200], b.player.hashes[200])
+        turns_a = [m for m in a.log if m["type"] == "turn"][:200]
+        turns_b = [m for m in b.log if m["type"] == "turn"][:200]
+        self.assertEqual(turns_a, turns_b)
+        first = turns_a[0]
+        self.assertEqual(first["execute_at"], 2)
+        self.assertEqual([pid for pid, _ in first["commands"]], ["p1", "p2"])
+
+    def test_future_turn_rejected(self):
+        """A packet for a turn that is not open is rejected as an error."""
+        h = harness()
+        room_id, seats = new_game(h)
+        play(h, seats, until=lambda: seats[0].player.executed >= 2)
+        seats[0].send({"type": "commands", "turn": 999, "commands": []})
+        h.flush()
+        seats[0].pump()
+        self.assertEqual(seats[0].player.errors[-1]["error"], "turn_not_open")
+
+    def test_dropped_packet_resent_idempotent(self):
+        """A resent packet is idempotent; a resend for a closed turn is answered with its master packet."""
+        h = harness()
+        room_id, seats = new_game(h)
+        play(h, seats, until=lambda: seats[0].player.executed >= 5)
+        a = seats[0]
+        room = h.app("gameroom").core.rooms[room_id]
+        open_turn = room.turn
+        a.send(a.player.sent[open_turn])  # a duplicate of the packet for the open turn
+        old = dict(a.player.sent[3])
+        a.send(old)  # a resend for a closed turn
+        h.flush()
+        a.pump()
+        self.assertEqual(a.player.errors, [])
+        self.assertEqual([m["turn"] for m in a.log if m["type"] == "turn"].count(3), 2)
+
+    def test_lagging_player_then_substitution(self):
+        """A late player puts the room in paused.lagging; after the tolerance empty commands stand in."""
+        h = harness()
+        room_id, seats = new_game(h)
+        play(h, seats, until=lambda: seats[0].player.executed >= 3)
+        a, b = seats
+        b.player.player_id = None  # b stops sending packets but stays connected
+        play(h, seats)
+        h.advance(0.5)
+        a.pump()
+        self.assertEqual([m for m in a.log if m["type"] == "state"][-1]["state"], states.LAGGING)
+        h.advance(2.1)
+        play(h, [a])
+        substituted = [m for m in a.log if m["type"] == "turn" and m.get("substituted")]
+        self.assertEqual(substituted[0]["substituted"], ["p2"])
+
+    def test_wait_policy_keeps_waiting(self):
+        """With on_lag = wait the room stays paused and closes no turn without the late player."""
+        h = harness("on_lag = wait")
+        room_id, seats = new_game(h)
+        play(h, seats, until=lambda: seats[0].player.executed >= 3)
+        seats[1].player.player_id = None
+        play(h, seats)
+        turn = h.app("gameroom").core.rooms[room_id].turn
+        h.advance(30)
+        self.assertEqual(h.app("gameroom").core.rooms[room_id].turn, turn)
+        self.assertEqual(h.app("gameroom").core.rooms[room_id].state, states.LAGGING)
+
+    def test_timing_adapts_at_announced_turn(self):
+        """Slow frames lengthen the turn, announced for a future turn in a master packet."""
+        h = harness()
+        room_id, seats = new_game(h)
+        seats[1].player.frame_ms = 60.0  # 4 iterations of 60 ms need 240 ms turns
+        play(h, seats, until=lambda: seats[0].player.executed >= 20)
+        timed = [m for m in seats[0].log if m["type"] == "turn" and "timing" in m]
+        self.assertTrue(timed)
+        timing = timed[0]["timing"]
+        self.assertEqual(timing["turn_ms"], 240)
+        self.assertEqual(timing["from_turn"], timed[0]["turn"] + 3)
+        later = [m for m in seats[0].log if m["type"] == "turn" and m["turn"] >= timing["from_turn"]]
+        self.assertEqual(later[0]["turn_ms"], 240)
+
+    def test_divergence_halts(self):
+        """Different hashes for the same turn halt the game; everyone is told who diverged; the archive has it."""
+        h = harness()
+        room_id, seats = new_game(h)
+        play(h, seats, until=lambda: seats[0].player.executed >= 5)
+        seats[1].player.engine.acc += 1  # b's engine goes wrong
+        play(h, seats, until=lambda: seats[0].player.halted is not None)
+        for seat in seats:
+            self.assertEqual(seat.player.halted["diverged"], ["p2"])
+            self.assertEqual(seat.player.halted["reference"], "p1")
+        archive = json.loads(h.http("GET", f"/gameroom/archive/{room_id}")[2])
+        self.assertEqual(archive["state"], states.HALTED)
+        self.assertIn("diverged", [e["event"] for e in archive["events"]])
+
+    def test_spectator_receives_master_packets(self):
+        """A spectator gets every master packet from the start; a late player joins as spectator."""
+        h = harness()
+        room_id, seats = new_game(h)
+        play(h, seats, until=lambda: seats[0].player.executed >= 5)
+        watcher = Seat(h, room_id, path="watch")
+        late = Seat(h, room_id)
+        late.send({"type": "join", "name": "late"})
+        play(h, seats + [watcher, late], until=lambda: seats[0].player.executed >= 10)
+        self.assertTrue(watcher.log[0]["spectator"])
+        self.assertEqual(watcher.player.hashes[10], seats[0].player.hashes[10])
+        self.assertTrue(late.log[0]["spectator"])
+
+    def test_archive_is_the_whole_log(self):
+        """The archive holds setup, every master packet with hashes, and the events."""
+        h = harness()
+        room_id, seats = new_game(h)
+        play(h, seats, until=lambda: seats[0].player.executed >= 10)
+        archive = json.loads(h.http("GET", f"/gameroom/archive/{room_id}")[2])
+        self.assertGreaterEqual(len(archive["packets"]), 11)
+        self.assertEqual([p["turn"] for p in archive["packets"]], list(range(len(archive["packets"]))))
+        self.assertIn("hashes", archive["packets"][5])
+        self.assertEqual(archive["seed"], 7)
+
+    def test_finish(self):
+        """When every player reports finish the game is finished and everyone is told."""
+        h = harness()
+        room_id, seats = new_game(h)
+        play(h, seats, until=lambda: seats[0].player.executed >= 3)
+        for seat in seats:
+            seat.send({"type": "finish", "result": {"winner": "p1"}})
+        play(h, seats)
+        self.assertEqual(seats[0].player.finished["reason"], "players")
+        self.assertEqual(h.app("gameroom").core.rooms[room_id].state, states.FINISHED)
+
+
+class IdentityTests(TestCase):
+    def test_spoofed_session_refused(self):
+        """A session token that is not a player's is refused and the connection closed."""
+        h = harness()
+        room_id, seats = new_game(h)
+        play(h, seats, until=lambda: seats[0].player.executed >= 2)
+        intruder = Seat(h, room_id)
+        intruder.send({"type": "join", "session": "forged-token"})
+        h.flush()
+        intruder.pump()
+        self.assertEqual(intruder.player.errors[-1]["error"], "invalid_session")
+        self.assertTrue(intruder.ws.closed)
+
+    def test_reconnect_with_catch_up(self):
+        """A dropped player reconnects with its token, gets every missed master packet, and play resumes."""
+        h = harness()
+        room_id, seats = new_game(h)
+        play(h, seats, until=lambda: seats[0].player.executed >= 5)
+        a, b = seats
+        b.ws.sendClose(1000)
+        play(h, [a])
+        self.assertEqual(h.app("gameroom").core.rooms[room_id].state, states.WAITING)
+        self.assertIn(states.WAITING, [m.get("state") for m in a.log if m["type"] == "state"])
+        back = Seat(h, room_id, b.player)
+        back.send(b.player.rejoin())
+        play(h, [a, back], until=lambda: a.player.executed >= 30)
+        self.assertGreaterEqual(b.player.executed, 29)
+        self.assertEqual(a.player.hashes[25], b.player.hashes[25])
+        self.assertEqual(h.app("gameroom").core.rooms[room_id].state, states.ITERATING)
+
+    def test_away_player_dropped_after_timeout(self):
+        """The room waits for an away player up to away_timeout, then plays on with empty commands."""
+        h = harness()
+        room_id, seats = new_game(h)
+        play(h, seats, until=lambda: seats[0].player.executed >= 3)
+        a, b = seats
+        b.ws.sendClose(1000)
+        play(h, [a])
+        turn = h.app("gameroom").core.rooms[room_id].turn
+        h.advance(5)
+        self.assertEqual(h.app("gameroom").core.rooms[room_id].turn, turn)
+        h.advance(6)
+        play(h, [a], until=lambda: a.player.executed >= turn + 5)
+        self.assertGreaterEqual(a.player.executed, turn + 5)
+
+
+class RestartTests(TestCase):
+    def test_restart_resumes_from_store(self):
+        """A new daemon over the same store restores the running game; players rejoin and play on."""
+        store = MemoryStore()
+        h = harness(store=store)
+        room_id, seats = new_game(h)
+        play(h, seats, until=lambda: seats[0].player.executed >= 20)
+        stopping = h.service.stopService()
+        h.flush()
+        self.assertTrue(stopping.called)
+        h2 = harness(store=store)
+        room = h2.app("gameroom").core.rooms[room_id]
+        self.assertEqual(room.state, states.WAITING)
+        self.assertEqual(len(room.log), room.turn)
+        back = [Seat(h2, room_id, s.player) for s in seats]
+        for seat in back:
+            seat.send(seat.player.rejoin())
+        target = seats[0].player.executed + 20
+        play(h2, back, until=lambda: all(s.player.executed >= target for s in back))
+        self.assertEqual(back[0].player.hashes[target], back[1].player.hashes[target])
+
+
+class SchedulerTests(TestCase):
+    def test_tick_errors_do_not_stop_the_scheduler(self):
+        """A tick that raises is logged and counted; the next tick still runs."""
+        clock, calls, errors = Clock(), [], []
+
+        def tick(now):
+            calls.append(now)
+            if len(calls) == 1:
+                raise RuntimeError("boom")
+
+        scheduler = TickScheduler(clock, 0.01, tick, on_error=lambda: errors.append(1))
+        scheduler.start()
+        clock.advance(0.01)
+        clock.advance(0.01)
+        self.assertEqual(len(calls), 2)
+        self.assertEqual(errors, [1])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        scheduler.stop()
+
+    def test_lateness_measured(self):
+        """A tick that runs late reports how late."""
+        clock, late = Clock(), []
+        scheduler = TickScheduler(clock, 0.01, lambda now: None, lateness=late.append)
+        scheduler.start()
+        clock.advance(0.015)
+        self.assertAlmostEqual(late[0], 0.005, places=6)
+        scheduler.stop()
