@@ -51,3 +51,14 @@ def dumps(value: Any) -> bytes:
         return text.encode("utf-8")
     except UnicodeEncodeError:
         return _ascii_encoder.encode(value).encode("ascii")
+
+
+def loads_typed(data: bytes | str, key: str = "type") -> dict:
+    """A JSON object whose `key` is a string: the message shape of every JSON protocol relayd speaks."""
+    try:
+        value = loads(data)
+    except BadJSON as e:
+        raise BadJSON(f"not JSON: {e}") from None
+    if not isinstance(value, dict) or not isinstance(value.get(key), str):
+        raise BadJSON(f"a message is a JSON object with a string {key}")
+    return value

@@ -243,8 +243,14 @@ path = /echo
         """A client verifying a different host name than the certificate's fails the handshake."""
         ca = TestCA(tempfile.mkdtemp(prefix="relayd-ca-"))
         daemon = self._daemon(ca)
-        with self.assertRaises(Exception):
+        try:
             yield daemon.connect("/echo", listener="secure", tls_options=self._client_options(ca, "wrong.example"))
+        except Exception as e:
+            failure = e
+        else:
+            self.fail("a certificate for another name was accepted")
+        self.assertIn("closed before open", str(failure))  # the client refused the TLS session
+        self.assertEqual(daemon.service.listeners["secure"].tracker.websockets(), [])
 
     @defer.inlineCallbacks
     def test_reload_serves_renewed_certificate(self):

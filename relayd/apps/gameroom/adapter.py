@@ -26,7 +26,6 @@ WebSocket, text frames of JSON objects with a "type":
 
 from __future__ import annotations
 
-import hmac
 from urllib.parse import parse_qs, urlsplit
 
 from autobahn.websocket.types import ConnectionDeny
@@ -37,10 +36,10 @@ from twisted.web.resource import Resource
 
 from relayd import jsonutil
 from relayd.apps.base import App
-from relayd.apps.gameroom import states
 from relayd.apps.gameroom.core import LOG_CHUNK, GameRoom, Player, Room, Settings, player_channel, room_channel
 from relayd.apps.gameroom.scheduler import TickScheduler
 from relayd.errors import ProtocolError
+from relayd.web.endpoint import JSONEndpoint
 from relayd.ws import closecodes
 from relayd.ws.frames import Frame
 from relayd.ws.protocol import RelaydProtocol
@@ -53,12 +52,9 @@ MAX_CATCHUP = 1000
 
 def _parse(payload: bytes) -> dict:
     try:
-        value = jsonutil.loads(payload)
+        return jsonutil.loads_typed(payload)
     except jsonutil.BadJSON as e:
-        raise ProtocolError("malformed_message", f"not JSON: {e}") from None
-    if not isinstance(value, dict) or not isinstance(value.get("type"), str):
-        raise ProtocolError("malformed_message", "a message is a JSON object with a string type")
-    return value
+        raise ProtocolError("malformed_message", str(e)) from None
 
 
 class GameRoomProtocol(RelaydProtocol):
@@ -181,31 +177,12 @@ class GameRoomProtocol(RelaydProtocol):
             app.core.left(self.room, player, self.factory.reactor.seconds())
 
 
-class _JSONResource(Resource):
-    isLeaf = True
-
-    def __init__(self, app: "GameRoomApp"):
-        super().__init__()
-        self.app = app
-
-    def answer(self, request, code: int, body) -> bytes:
-        self.app.metrics.http(code)
-        request.setResponseCode(code)
-        request.setHeader(b"content-type", b"application/json")
-        request.setHeader(b"cache-control", b"no-store")
-        return jsonutil.dumps(body)
-
-
-class Create(_JSONResource):
+class Create(JSONEndpoint):
     def render_POST(self, request):
-        token = self.app.options["create_token"].encode()
-        given = request.getHeader(b"authorization") or b""
-        if not token or not hmac.compare_digest(given, b"Bearer " + token):
-            request.setHeader(b"www-authenticate", b'Bearer realm="relayd"')
-            self.app.metrics.protocol_error("unauthorized_create")
+        if not self.authorized(request, self.app.options["create_token"], "unauthorized_create"):
             return self.answer(request, 401, {"error": "unauthorized"})
-        body = request.content.read(65537)
-        if len(body) > 65536:
+        body = self.body(request)
+        if body is None:
             return self.answer(request, 413, {"error": "body too large"})
         try:
             room = self.app.core.create(jsonutil.loads(body), self.app.reactor.seconds())
@@ -223,7 +200,7 @@ class Create(_JSONResource):
         })
 
 
-class Lookup(_JSONResource):
+class Lookup(JSONEndpoint):
     def __init__(self, app, view):
         super().__init__(app)
         self.view = view

@@ -55,12 +55,9 @@ _log = Logger()
 
 def _parse(payload: bytes) -> dict:
     try:
-        value = jsonutil.loads(payload)
+        return jsonutil.loads_typed(payload)
     except jsonutil.BadJSON as e:
-        raise error("invalidMessage", f"not JSON: {e}") from None
-    if not isinstance(value, dict) or not isinstance(value.get("type"), str):
-        raise error("invalidMessage", "a message is a JSON object with a string type")
-    return value
+        raise error("invalidMessage", str(e)) from None
 
 
 def _data(value: dict) -> dict:

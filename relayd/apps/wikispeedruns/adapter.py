@@ -32,8 +32,6 @@ Wrong or missing token: 401 and nothing delivered.
 
 from __future__ import annotations
 
-import hmac
-
 from twisted.web.resource import Resource
 
 from relayd import jsonutil
@@ -41,10 +39,8 @@ from relayd.apps.base import App
 from relayd.apps.wikispeedruns.core import TokenVerifier, WikiSpeedruns, parse
 from relayd.errors import ProtocolError
 from relayd.ws.frames import Frame
+from relayd.web.endpoint import JSONEndpoint
 from relayd.ws.protocol import RelaydProtocol
-
-MAX_TRIGGER_BODY = 64 * 1024
-
 
 class WikiSpeedrunsProtocol(RelaydProtocol):
     role = None
@@ -101,42 +97,29 @@ class WikiSpeedrunsProtocol(RelaydProtocol):
             self.subscription = None
 
 
-class Trigger(Resource):
+class Trigger(JSONEndpoint):
     """POST endpoints that do what the WebSocket triggers do, for the main site's server."""
 
-    isLeaf = True
-
     def __init__(self, app: "WikiSpeedrunsApp", channel_of):
-        super().__init__()
-        self.app = app
+        super().__init__(app)
         self.channel_of = channel_of
 
-    def _answer(self, request, code: int, body: dict) -> bytes:
-        self.app.metrics.http(code)
-        request.setResponseCode(code)
-        request.setHeader(b"content-type", b"application/json")
-        return jsonutil.dumps(body)
-
     def render_POST(self, request):
-        token = self.app.options["trigger_token"].encode()
-        given = request.getHeader(b"authorization") or b""
-        if not token or not hmac.compare_digest(given, b"Bearer " + token):
-            request.setHeader(b"www-authenticate", b'Bearer realm="relayd"')
-            self.app.metrics.protocol_error("unauthorized_trigger")
-            return self._answer(request, 401, {"error": "unauthorized"})
-        body = request.content.read(MAX_TRIGGER_BODY + 1)
-        if len(body) > MAX_TRIGGER_BODY:
-            return self._answer(request, 413, {"error": "body too large"})
+        if not self.authorized(request, self.app.options["trigger_token"], "unauthorized_trigger"):
+            return self.answer(request, 401, {"error": "unauthorized"})
+        body = self.body(request)
+        if body is None:
+            return self.answer(request, 413, {"error": "body too large"})
         try:
             message = jsonutil.loads(body)
             if not isinstance(message, dict):
                 raise ProtocolError("malformed_message", "the body must be a JSON object")
             channel = self.channel_of(message)
         except jsonutil.BadJSON as e:
-            return self._answer(request, 400, {"error": f"not JSON: {e}"})
+            return self.answer(request, 400, {"error": f"not JSON: {e}"})
         except ProtocolError as e:
-            return self._answer(request, 400, {"error": e.message})
-        return self._answer(request, 200, {"delivered": self.app.core.refresh(channel)})
+            return self.answer(request, 400, {"error": e.message})
+        return self.answer(request, 200, {"delivered": self.app.core.refresh(channel)})
 
 
 class WikiSpeedrunsApp(App):

@@ -48,15 +48,9 @@ def key_of(*ids: Any) -> str:
 def parse(payload: bytes) -> dict:
     """A frame as a JSON object with a string type, or ProtocolError."""
     try:
-        message = jsonutil.loads(payload)
+        return jsonutil.loads_typed(payload)
     except jsonutil.BadJSON as e:
-        raise _bad(f"not JSON: {e}") from None
-    if not isinstance(message, dict):
-        raise _bad("a message must be a JSON object")
-    kind = message.get("type")
-    if not isinstance(kind, str):
-        raise _bad("missing or non-string type")
-    return message
+        raise _bad(str(e)) from None
 
 
 @attr.s(frozen=True, auto_attribs=True)

@@ -1,0 +1,40 @@
+"""The JSON HTTP endpoints apps serve beside their WebSockets: bearer tokens, bounded bodies, answers."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from twisted.web.resource import Resource
+
+from relayd import jsonutil
+
+
+class JSONEndpoint(Resource):
+    isLeaf = True
+    max_body = 64 * 1024
+
+    def __init__(self, app):
+        super().__init__()
+        self.app = app
+
+    def answer(self, request, code: int, body: Any) -> bytes:
+        self.app.metrics.http(code)
+        request.setResponseCode(code)
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        return jsonutil.dumps(body)
+
+    def authorized(self, request, token: str, kind: str) -> bool:
+        """Constant-time bearer check; a missing configured token refuses everyone."""
+        given = request.getHeader(b"authorization") or b""
+        if token and hmac.compare_digest(given, b"Bearer " + token.encode()):
+            return True
+        request.setHeader(b"www-authenticate", b'Bearer realm="relayd"')
+        self.app.metrics.protocol_error(kind)
+        return False
+
+    def body(self, request) -> bytes | None:
+        """The request body, or None when it is larger than max_body."""
+        data = request.content.read(self.max_body + 1)
+        return None if len(data) > self.max_body else data
