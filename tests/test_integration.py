@@ -10,99 +10,15 @@ import os
 import socket
 import tempfile
 
-from autobahn.twisted.websocket import WebSocketClientFactory
 from twisted.internet import defer, reactor, ssl
-from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, readBody
 
 from relayd import tap
 from relayd.listener import StartupError
 from relayd.ws import closecodes
-from tests.support import Client
+from tests.live import Daemon, later, write_config
 from tests.tlsutil import TestCA
-
-
-class LiveClient(Client):
-    """A Client whose events are Deferreds, for a real reactor."""
-
-    def __init__(self):
-        super().__init__()
-        self.when_open = defer.Deferred()
-        self.when_closed = defer.Deferred()
-        self._waiting: list[tuple[int, defer.Deferred]] = []
-
-    def onOpen(self):
-        super().onOpen()
-        self.when_open.callback(self)
-
-    def onMessage(self, payload, isBinary):
-        super().onMessage(payload, isBinary)
-        for entry in list(self._waiting):
-            if len(self.messages) >= entry[0]:
-                self._waiting.remove(entry)
-                entry[1].callback(self.messages)
-
-    def onClose(self, wasClean, code, reason):
-        super().onClose(wasClean, code, reason)
-        if not self.when_open.called:
-            self.when_open.errback(ConnectionError(f"closed before open: {code} {reason}"))
-        self.when_closed.callback(code)
-
-    def messages_at_least(self, n: int) -> defer.Deferred:
-        if len(self.messages) >= n:
-            return defer.succeed(self.messages)
-        d = defer.Deferred()
-        self._waiting.append((n, d))
-        return d
-
-
-def write_config(directory: str, body: str) -> str:
-    path = os.path.join(directory, "relayd.ini")
-    with open(path, "w") as f:
-        f.write(f"[relayd]\nstate_dir = {os.path.join(directory, 'state')}\ndrain_timeout = 5\n" + body)
-    return path
-
-
-class Daemon:
-    """The real plugin's makeService on the global reactor."""
-
-    def __init__(self, testcase: TestCase, body: str):
-        self.directory = tempfile.mkdtemp(prefix="relayd-test-")
-        options = tap.Options()
-        options.parseOptions(["--config", write_config(self.directory, body)])
-        self.service = tap.makeService(options, reactor=reactor)
-        self.service.privilegedStartService()
-        self.service.startService()
-        self.stopped = False
-        testcase.addCleanup(self.stop)
-
-    def stop(self):
-        if self.stopped:
-            return defer.succeed(None)
-        self.stopped = True
-        return self.service.stopService()
-
-    def port(self, listener="main") -> int:
-        return self.service.listeners[listener].address().port
-
-    def connect(self, path: str, listener="main", tls_options=None, origin=None) -> LiveClient:
-        port = self.port(listener)
-        scheme = "wss" if tls_options is not None else "ws"
-        factory = WebSocketClientFactory(f"{scheme}://localhost:{port}{path}", origin=origin, reactor=reactor)
-        factory.protocol = LiveClient
-        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
-        if tls_options is not None:
-            endpoint = wrapClientTLS(tls_options, endpoint)
-        holder = {}
-
-        def connected(protocol):
-            holder["p"] = protocol
-            return protocol.when_open
-
-        d = endpoint.connect(factory)
-        d.addCallback(connected)
-        return d
 
 
 TESTEE = """
@@ -180,7 +96,7 @@ class PluginTests(TestCase):
         for _ in range(200):
             if len(daemon.service.listeners["main"].tracker.websockets()) < len(server_side):
                 break
-            yield deferLater(0.05)
+            yield later(0.05)
         self.assertEqual(len(daemon.service.listeners["main"].tracker.websockets()), 1)
         sample = daemon.service.metrics.registry.get_sample_value(
             "relayd_protocol_errors_total", {"app": "testee", "kind": "slow_consumer"}
@@ -190,12 +106,6 @@ class PluginTests(TestCase):
         messages = yield healthy.messages_at_least(2)
         self.assertEqual(messages, ["ping", "still served"])
         stuck.transport.abortConnection()
-
-
-def deferLater(seconds: float) -> defer.Deferred:
-    from twisted.internet.task import deferLater as later
-
-    return later(reactor, seconds, lambda: None)
 
 
 class TLSTests(TestCase):

@@ -91,9 +91,9 @@ class ReferencePlayer:
                 return [{"type": "ready", "ready": True}]
             if message.get("order") and self.engine is None:
                 self.engine = CounterEngine(message["seed"], message["order"])
-            unacknowledged = self.sent.get(self.executed + 1)
-            if self.player_id and unacknowledged is not None:
-                return [unacknowledged]  # back after a drop: resend what no master packet answered
+            if self.player_id and message.get("order"):
+                # back after a drop: resend what no master packet answered, or send the packet due
+                return [self.sent.get(self.executed + 1) or self.packet(self.executed + 1)]
         elif kind == "setup" and self.auto_ready:
             return [{"type": "ready", "ready": True}]
         elif kind == "start":

@@ -1,0 +1,112 @@
+"""Helpers for tests on real sockets: clients whose events are Deferreds, and the real plugin's service."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+from autobahn.twisted.websocket import WebSocketClientFactory
+from twisted.internet import defer, reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
+from twisted.trial.unittest import TestCase
+
+from relayd import tap
+from tests.support import Client
+
+
+class LiveClient(Client):
+    """A Client whose events are Deferreds, for a real reactor."""
+
+    def __init__(self):
+        super().__init__()
+        self.when_open = defer.Deferred()
+        self.when_closed = defer.Deferred()
+        self._waiting: list[tuple[int, defer.Deferred]] = []
+
+    def onOpen(self):
+        super().onOpen()
+        self.when_open.callback(self)
+
+    on_message = None  # an optional callable(message) for tests that answer as they go
+
+    def onMessage(self, payload, isBinary):
+        super().onMessage(payload, isBinary)
+        if self.on_message is not None:
+            self.on_message(self.messages[-1])
+        for entry in list(self._waiting):
+            if len(self.messages) >= entry[0]:
+                self._waiting.remove(entry)
+                entry[1].callback(self.messages)
+
+    def onClose(self, wasClean, code, reason):
+        super().onClose(wasClean, code, reason)
+        if not self.when_open.called:
+            self.when_open.errback(ConnectionError(f"closed before open: {code} {reason}"))
+        self.when_closed.callback(code)
+
+    def messages_at_least(self, n: int) -> defer.Deferred:
+        if len(self.messages) >= n:
+            return defer.succeed(self.messages)
+        d = defer.Deferred()
+        self._waiting.append((n, d))
+        return d
+
+
+def write_config(directory: str, body: str) -> str:
+    path = os.path.join(directory, "relayd.ini")
+    with open(path, "w") as f:
+        f.write(f"[relayd]\nstate_dir = {os.path.join(directory, 'state')}\ndrain_timeout = 5\n" + body)
+    return path
+
+
+class Daemon:
+    """The real plugin's makeService on the global reactor."""
+
+    def __init__(self, testcase: TestCase, body: str, directory: str | None = None):
+        self.directory = directory or tempfile.mkdtemp(prefix="relayd-test-")
+        options = tap.Options()
+        options.parseOptions(["--config", write_config(self.directory, body)])
+        self.service = tap.makeService(options, reactor=reactor)
+        self.service.privilegedStartService()
+        self.service.startService()
+        self.stopped = False
+        testcase.addCleanup(self.stop)
+
+    def stop(self):
+        if self.stopped:
+            return defer.succeed(None)
+        self.stopped = True
+        return self.service.stopService()
+
+    def port(self, listener="main") -> int:
+        return self.service.listeners[listener].address().port
+
+    def connect(self, path: str, listener="main", tls_options=None, origin=None, bind=None) -> defer.Deferred:
+        return open_ws(self.port(listener), path, tls_options=tls_options, origin=origin, bind=bind)
+
+
+def open_ws(port: int, path: str, tls_options=None, origin=None, bind=None) -> defer.Deferred:
+    """Fires with a LiveClient once its WebSocket is open (errbacks if it closes first)."""
+    scheme = "wss" if tls_options is not None else "ws"
+    factory = WebSocketClientFactory(f"{scheme}://localhost:{port}{path}", origin=origin, reactor=reactor)
+    factory.protocol = LiveClient
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, bindAddress=(bind, 0) if bind else None)
+    if tls_options is not None:
+        endpoint = wrapClientTLS(tls_options, endpoint)
+    d = endpoint.connect(factory)
+    d.addCallback(lambda protocol: protocol.when_open)
+    return d
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def later(seconds: float) -> defer.Deferred:
+    from twisted.internet.task import deferLater
+
+    return deferLater(reactor, seconds, lambda: None)
