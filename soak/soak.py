@@ -124,6 +124,14 @@ class Ordered:
         self.next = seq + 1
 
 
+@defer.inlineCallbacks
+def settle(*flows, timeout=15.0):
+    """Wait until every expected delivery of these flows arrived (or timeout): late is not lost."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(STATS.delivered[f] < STATS.expected[f] for f in flows):
+        yield task.deferLater(reactor, 0.1, lambda: None)
+
+
 # ---- the five apps' traffic ------------------------------------------------------------------
 
 @defer.inlineCallbacks
@@ -160,7 +168,7 @@ def carparty(port, game, phones, loops):
             STATS.sent["carparty phone->server"] += 1
             STATS.expected["carparty phone->server"] += 1
         yield task.deferLater(reactor, 0.05, lambda: None)
-    yield task.deferLater(reactor, 0.5, lambda: None)
+    yield settle("carparty server->phone", "carparty phone->server")
     for peer in peers + [server]:
         peer.sendClose(1000)
 
@@ -181,7 +189,7 @@ def wikispeedruns(port, lobby, viewers, loops):
         STATS.sent["wikispeedruns refresh"] += 1
         STATS.expected["wikispeedruns refresh"] += viewers
         yield task.deferLater(reactor, 0.5, lambda: None)
-    yield task.deferLater(reactor, 0.5, lambda: None)
+    yield settle("wikispeedruns refresh")
     for peer in peers:
         peer.sendClose(1000)
 
@@ -219,7 +227,10 @@ def clicker(port, devices, loops):
             STATS.sent["clicker score->judge"] += 1
             STATS.expected["clicker score->judge"] += 1
         yield task.deferLater(reactor, 0.1, lambda: None)
-    yield task.deferLater(reactor, 1.0, lambda: None)
+    deadline = time.monotonic() + 15
+    while sum(acked.values()) < devices * loops and time.monotonic() < deadline:
+        yield task.deferLater(reactor, 0.1, lambda: None)
+    yield settle("clicker score->judge")
     STATS.delivered["clicker SCORED"] += sum(acked.values())
     STATS.expected["clicker SCORED"] += devices * loops
     STATS.sent["clicker SCORED"] += devices * loops
@@ -260,7 +271,7 @@ def groovejet(port, guests, loops):
             STATS.sent["groovejet offer->host"] += 1
             STATS.expected["groovejet offer->host"] += 1
         yield task.deferLater(reactor, 0.1, lambda: None)
-    yield task.deferLater(reactor, 0.5, lambda: None)
+    yield settle("groovejet offer->host", "groovejet answer->guest")
     for peer in peers + [host]:
         peer.sendClose(1000)
 
@@ -367,19 +378,23 @@ def main(args):
         "fds": {"start": fds0, "peak": max(s[1] for s in samples), "final": fds1},
         "protocol_errors": errors, "connections_opened_by_largest_app": peak_connections, "notes": STATS.notes,
     }
-    os.makedirs(os.path.join(TOP, "var", "soak"), exist_ok=True)
-    with open(os.path.join(TOP, "var", "soak", "result.json"), "w") as f:
-        json.dump(result, f, indent=2)
     print(f"soak: {result['seconds']} s, scale {scale}")
     print("| flow | sent | expected deliveries | delivered | lost | out of order |")
     print("|---|---|---|---|---|---|")
     for flow, r in result["flows"].items():
         print(f"| {flow} | {r['sent']} | {r['expected']} | {r['delivered']} | {r['lost']} | {r['out_of_order']} |")
-    print(f"resident memory KiB: start {rss0}, peak {result['rss_kib']['peak']}, final {rss1}")
+    quarters = [samples[min(len(samples) - 1, len(samples) * q // 4)][0] for q in (1, 2, 3, 4)]
+    result["rss_kib"]["quarters"] = quarters
+    print(f"resident memory KiB: start {rss0}, peak {result['rss_kib']['peak']}, final {rss1}; "
+          f"at 1/4, 1/2, 3/4 and the end of the run: {', '.join(map(str, quarters))}")
     print(f"file descriptors: start {fds0}, peak {result['fds']['peak']}, final {fds1}")
     print(f"protocol errors counted: {errors:g}")
     for note in STATS.notes:
         print("note:", note)
+    os.makedirs(os.path.join(TOP, "var", "soak"), exist_ok=True)
+    with open(os.path.join(TOP, "var", "soak", "result.json"), "w") as f:
+        json.dump(result, f, indent=2)
+
     bad = any(r["lost"] or r["out_of_order"] for r in result["flows"].values()) or STATS.notes or fds1 > fds0 + 2
     reactor.exit_code = 1 if bad else 0
 
