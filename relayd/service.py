@@ -24,6 +24,7 @@ from relayd.listener import Listener, StartupError
 from relayd.logs import make_observer
 from relayd.metrics import Metrics
 from relayd.store import SqliteStore
+from relayd.web.demo import demo_page
 from relayd.web.resources import AppMount, Health, Metrics as MetricsPage, Readiness
 from relayd.ws.factory import RelaydFactory
 
@@ -73,8 +74,9 @@ class RelaydService(MultiService):
                     metrics=app_metrics, reactor=reactor, listener_name=listener_name, secure=listener.secure,
                 )
                 factory.daemon = self
+                demo = demo_page(name) if app_config.demo else None
                 listener.router.mount(
-                    app_config.path, AppMount(factory, app.http_resource(), app.accepts_websocket_path, self)
+                    app_config.path, AppMount(factory, app.http_resource(), app.accepts_websocket_path, self, demo)
                 )
         self.metrics.ready.set(0)
 

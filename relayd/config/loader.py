@@ -158,6 +158,7 @@ def from_parser(path: str, parser: configparser.ConfigParser) -> Config:
             path=mount,
             limits=app_limits,
             options=app_options,
+            demo=opts["demo"],
         )
 
     if not listeners:

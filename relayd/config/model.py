@@ -61,6 +61,7 @@ BUS_OPTIONS: dict[str, Option] = {
 APP_COMMON_OPTIONS: dict[str, Option] = {
     "listeners": Option(words, doc="Listeners this app is mounted on."),
     "path": Option(nonempty, doc="Mount path: the app answers here and below."),
+    "demo": Option(boolean, False, "Serve the app's demo page at <path>/demo (off in production)."),
 }
 
 
@@ -113,6 +114,7 @@ class AppConfig:
     path: str
     limits: Limits
     options: Mapping[str, Any]
+    demo: bool = False
 
 
 @attr.s(frozen=True, auto_attribs=True)

@@ -7,6 +7,7 @@ from typing import Callable
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from twisted.web.resource import Resource, getChildForRequest
 
+from relayd.web.demo import demo_script
 from relayd.web.upgrade import hand_over, is_upgrade
 
 
@@ -46,14 +47,24 @@ class AppMount(Resource):
 
     isLeaf = True
 
-    def __init__(self, factory, http: Resource | None, accepts_path: Callable[[list[bytes]], bool], daemon):
+    def __init__(self, factory, http: Resource | None, accepts_path: Callable[[list[bytes]], bool], daemon,
+                 demo: bytes | None = None):
         super().__init__()
         self.factory = factory
         self.http = http
         self.accepts_path = accepts_path
         self.daemon = daemon
+        self.demo = demo
 
     def render(self, request):
+        if self.demo is not None and request.postpath[:1] == [b"demo"] and not is_upgrade(request):
+            request.setHeader(b"cache-control", b"no-store")
+            if request.postpath[1:] in ([], [b""]):
+                request.setHeader(b"content-type", b"text/html; charset=utf-8")
+                return self.demo
+            if request.postpath[1:] == [b"common.js"]:
+                request.setHeader(b"content-type", b"text/javascript; charset=utf-8")
+                return demo_script()
         websocket_path = self.accepts_path(request.postpath)
         if websocket_path and is_upgrade(request):
             if self.daemon.draining:
