@@ -206,8 +206,6 @@ class RelaydProtocol(WebSocketServerProtocol):
             frame = queue.popleft()
             self._queued_bytes -= len(frame)
             self._write(frame)
-        if self._blocked and queue and self._blocked_timer is None:
-            self.pauseProducing()
 
     def stopProducing(self):
         self._cancel_blocked_timer()

@@ -1,0 +1,41 @@
+"""Log output chosen in the config."""
+
+import io
+import json
+
+from twisted.application.service import Application
+from twisted.logger import ILogObserver, Logger
+from twisted.trial.unittest import TestCase
+
+from relayd.logs import make_observer
+from relayd.service import RelaydService
+from relayd.store import MemoryStore
+from tests.support import BASE_INI, make_config
+
+
+class LogTests(TestCase):
+    def test_json_lines_with_fields(self):
+        """log_format json writes one JSON object per line, with the event's keyword fields."""
+        out = io.StringIO()
+        Logger(observer=make_observer("json", "info", out)).info("listening on {endpoint}", endpoint="tcp:8080")
+        record = json.loads(out.getvalue().strip())
+        self.assertEqual(record["endpoint"], "tcp:8080")
+        self.assertEqual(record["log_format"], "listening on {endpoint}")
+
+    def test_level_filter(self):
+        """Events below the configured level are not written."""
+        out = io.StringIO()
+        log = Logger(observer=make_observer("text", "warn", out))
+        log.info("quiet")
+        log.warn("loud")
+        self.assertNotIn("quiet", out.getvalue())
+        self.assertIn("loud", out.getvalue())
+
+    def test_twistd_application_gets_the_configured_observer(self):
+        """The service hands twistd its configured observer through the application's ILogObserver."""
+        from twisted.internet.testing import MemoryReactorClock
+
+        config = make_config(base=BASE_INI.replace("drain_timeout = 10", "log_format = json"))
+        application = Application("relayd")
+        RelaydService(config, reactor=MemoryReactorClock(), store=MemoryStore()).setServiceParent(application)
+        self.assertIsNotNone(application.getComponent(ILogObserver, None))
