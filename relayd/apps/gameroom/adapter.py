@@ -103,7 +103,7 @@ class GameRoomProtocol(RelaydProtocol):
         self._subscribe(room_channel(room.id))
         self.send(Frame.json(self.factory.app.core.welcome(room, None, None)))
         for master in room.log:
-            self.send(Frame.json(master))
+            self.send(Frame(master))
 
     def received(self, payload: bytes, is_binary: bool) -> None:
         app: GameRoomApp = self.factory.app
@@ -112,7 +112,7 @@ class GameRoomProtocol(RelaydProtocol):
         kind = message["type"]
         if kind == "catchup":
             for master in core.catchup(room, message.get("from"), MAX_CATCHUP):
-                self.send(Frame.json(master))
+                self.send(Frame(master))
             return
         if self.spectator:
             raise ProtocolError("spectator", "spectators only watch")
@@ -146,7 +146,7 @@ class GameRoomProtocol(RelaydProtocol):
             self._as_player(player, None)
             from_turn = message.get("from_turn", 0)
             for master in core.catchup(room, from_turn, len(room.log)):
-                self.send(Frame.json(master))
+                self.send(Frame(master))
             return
         try:
             player, token = core.join(room, message.get("name"), message.get("user_id"), now)
@@ -274,7 +274,7 @@ class GameRoomApp(App):
                 continue
             entries.append((META, room.id, room.meta()))
             for index in range(room.persisted // LOG_CHUNK, (len(room.log) - 1) // LOG_CHUNK + 1):
-                chunk = room.log[index * LOG_CHUNK:(index + 1) * LOG_CHUNK]
+                chunk = [p.decode() for p in room.log[index * LOG_CHUNK:(index + 1) * LOG_CHUNK]]
                 entries.append((LOG, f"{room.id}:{index:08d}", chunk))
             room.persisted = len(room.log)
         for room_id in core.deleted:
