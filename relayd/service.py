@@ -96,6 +96,14 @@ class RelaydService(MultiService):
             set_component(ILogObserver, make_observer(self.config.daemon.log_format, self.config.daemon.log_level))
         super().setServiceParent(parent)
 
+    def privilegedStartService(self):
+        try:
+            super().privilegedStartService()
+        except BaseException:
+            # start-up failed (a port in use): release the store's database thread before leaving
+            self.store.close()
+            raise
+
     @defer.inlineCallbacks
     def startService(self):
         _log.info("relayd starting with {config}", config=self.config.path)
