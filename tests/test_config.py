@@ -181,3 +181,24 @@ class TokenBucketTests(TestCase):
         self.assertEqual([bucket.take(0) for _ in range(4)], [True, True, True, False])
         self.assertTrue(bucket.take(0.5))
         self.assertFalse(bucket.take(0.5))
+
+
+class DocumentationTests(TestCase):
+    def test_every_key_is_documented(self):
+        """Every config key is in docs/configuration.md, and every app option in its protocol document."""
+        from relayd.apps.registry import APPS
+        from relayd.config import model
+
+        with open(os.path.join(ROOT, "docs", "configuration.md")) as f:
+            text = f.read()
+        for options in (model.DAEMON_OPTIONS, model.LISTENER_OPTIONS, model.LIMIT_OPTIONS, model.BUS_OPTIONS,
+                        model.APP_COMMON_OPTIONS):
+            for key in options:
+                self.assertIn(f"`{key}`", text, key)
+        for name, spec in APPS.items():
+            if not spec.options:
+                continue
+            with open(os.path.join(ROOT, "docs", "protocols", f"{name}.md")) as f:
+                doc = f.read()
+            for key in spec.options:
+                self.assertIn(f"`{key}`", doc, f"{name}: {key}")
