@@ -1,0 +1,81 @@
+"""
+The picows peer: a minimal carparty relay (login_server / login_client, server frames to every
+phone, phone frames to the server with client_id stamped) on picows, the fastest Python WebSocket
+library a user would pick instead of relayd.
+
+    python bench/peers/picows_relay.py PORT
+"""
+
+import asyncio
+import json
+import sys
+
+import picows
+
+servers = {}
+
+
+class Relay(picows.WSListener):
+    def __init__(self):
+        self.role = None
+        self.session = None
+        self.client_id = None
+
+    def on_ws_connected(self, transport):
+        self.transport = transport
+
+    def on_ws_frame(self, transport, frame):
+        if frame.msg_type == picows.WSMsgType.CLOSE:
+            transport.send_close(frame.get_close_code())
+            transport.disconnect()
+            return
+        if frame.msg_type not in (picows.WSMsgType.TEXT, picows.WSMsgType.BINARY):
+            return
+        payload = frame.get_payload_as_bytes()
+        if self.role is None:
+            try:
+                login = json.loads(payload)
+            except ValueError:
+                transport.disconnect()
+                return
+            code = login.get("server_code")
+            if login.get("action") == "login_server" and code not in servers:
+                self.role, self.session = "server", {"server": self, "clients": set()}
+                servers[code] = self.session
+                self.code = code
+            elif login.get("action") == "login_client" and code in servers and isinstance(login.get("client_id"), str):
+                self.role, self.session, self.client_id = "client", servers[code], login["client_id"]
+                self.session["clients"].add(self)
+            else:
+                transport.disconnect()
+            return
+        if self.role == "server":
+            kind = frame.msg_type
+            for client in self.session["clients"]:
+                client.transport.send(kind, payload)
+        else:
+            try:
+                message = json.loads(payload)
+            except ValueError:
+                transport.disconnect()
+                return
+            message["client_id"] = self.client_id
+            self.session["server"].transport.send(picows.WSMsgType.TEXT, json.dumps(message).encode())
+
+    def on_ws_disconnected(self, transport):
+        if self.role == "server":
+            servers.pop(self.code, None)
+            for client in list(self.session["clients"]):
+                client.transport.disconnect()
+        elif self.role == "client":
+            self.session["clients"].discard(self)
+
+
+async def main(port):
+    server = await picows.ws_create_server(lambda request: Relay(), "127.0.0.1", port, max_frame_size=1 << 20)
+    print("listening", port, flush=True)
+    await server.serve_forever()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(int(sys.argv[1])))
