@@ -41,6 +41,9 @@ function open(url) {
     phones.push(phone);
   }
   await new Promise((r) => setTimeout(r, 300 + cfg.receivers));
+  // the runner samples the server's CPU time between READY/go and the result line
+  process.stdout.write("READY\n");
+  await new Promise((r) => process.stdin.once("data", r));
   const cpu0 = process.cpuUsage();
   const t0 = process.hrtime.bigint();
   const total = messages * cfg.receivers;
@@ -71,6 +74,8 @@ function open(url) {
   });
   const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
   const cpu = process.cpuUsage(cpu0);
+  process.stdout.write("DONE\n");
+  await new Promise((r) => process.stdin.once("data", r));
   console.log(JSON.stringify({
     receivers: cfg.receivers, mode: cfg.mode, messages, sent, expected: total, delivered, seconds,
     deliveries_per_s: delivered / seconds, generator_cpu_s: (cpu.user + cpu.system) / 1e6,
