@@ -64,3 +64,20 @@ class TwistedWebInternalsTests(TestCase):
         from twisted.application.internet import StreamServerEndpointService
 
         self.assertIn("self._waitingForPort", inspect.getsource(StreamServerEndpointService))
+
+
+class TCPInternalsTests(TestCase):
+    def test_tcp_server_write_state(self):
+        """relayd.ws._writes reads tcp.Server's write buffer state under these names."""
+        from twisted.internet import abstract, tcp
+
+        source = inspect.getsource(abstract.FileDescriptor)
+        for name in ("self.dataBuffer", "self.offset", "self._tempDataLen", "self._writeDisconnected"):
+            self.assertIn(name, source)
+        self.assertTrue(hasattr(tcp.Server, "writeSomeData"))
+
+    def test_autobahn_data_received_only_forwards(self):
+        """Autobahn's Twisted dataReceived only logs and calls _dataReceived, which relayd calls directly."""
+        from autobahn.twisted.websocket import WebSocketAdapterProtocol
+
+        self.assertIn("self._dataReceived(data)", inspect.getsource(WebSocketAdapterProtocol.dataReceived))

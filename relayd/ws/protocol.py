@@ -31,6 +31,7 @@ from relayd.errors import ProtocolError
 from relayd.ws import closecodes
 from relayd.ws.frames import Frame
 from relayd.ws.ratelimit import TokenBucket
+from relayd.ws._writes import write_now
 
 _OPEN = WebSocketProtocol.STATE_OPEN
 
@@ -47,6 +48,10 @@ class RelaydProtocol(WebSocketServerProtocol):
     request = None
 
     # ---- Autobahn entry points -------------------------------------------------------------
+
+    def dataReceived(self, data):
+        # Autobahn's dataReceived formats a debug log line per read, even with debug logging off
+        self._dataReceived(data)
 
     def connectionMade(self):
         super().connectionMade()
@@ -183,7 +188,10 @@ class RelaydProtocol(WebSocketServerProtocol):
 
     def _write(self, frame: Frame) -> None:
         wire = frame.wire
-        self.sendData(wire)
+        if self.send_queue:
+            self.sendData(wire)  # Autobahn is writing chopped data: stay behind it
+        else:
+            write_now(self.transport, wire)
         metrics = self.factory.metrics
         metrics.messages_out.inc()
         metrics.bytes_out.inc(len(wire))

@@ -239,8 +239,8 @@ class DeliveryTests(TestCase):
         phone(h, "1"), phone(h, "2")
         written = []
         for ws in phones_server_side(h):
-            original = ws.sendData
-            ws.sendData = lambda data, *a, _o=original, **k: (written.append(data), _o(data, *a, **k))
+            original = ws.transport.write
+            ws.transport.write = lambda data, _o=original: (written.append(data), _o(data))
         s.send_text("shared")
         h.flush()
         self.assertEqual(len(written), 2)

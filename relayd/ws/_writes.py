@@ -1,0 +1,34 @@
+"""
+Writing frames to a plain TCP transport without a reactor round trip.
+
+Twisted's transport.write only appends to a buffer and registers the socket for writing; the bytes
+go out on a later reactor pass, and the socket is registered and unregistered with epoll for every
+write (Twisted issue 5303). With fan-out that is two epoll calls and a deferred send per receiver
+per message. When nothing is queued on the transport, relayd sends at once and hands Twisted only
+what the socket did not take, so ordering, buffering and producer pausing stay Twisted's.
+
+This relies on tcp.Server internals (dataBuffer, offset, _tempDataLen, _writeDisconnected,
+writeSomeData), checked by tests/test_internals.py.
+"""
+
+from __future__ import annotations
+
+from twisted.internet import tcp
+
+
+def write_now(transport, data: bytes) -> None:
+    if (
+        type(transport) is tcp.Server
+        and transport.connected
+        and not transport.disconnecting
+        and not transport._writeDisconnected
+        and not transport._tempDataLen
+        and len(transport.dataBuffer) == transport.offset
+    ):
+        sent = transport.writeSomeData(data)
+        if isinstance(sent, int) and sent >= 0:
+            if sent == len(data):
+                return
+            data = data[sent:]
+        # an error: the queued write below lets doWrite report the loss the usual way
+    transport.write(data)
