@@ -32,3 +32,35 @@ def write_now(transport, data: bytes) -> None:
             data = data[sent:]
         # an error: the queued write below lets doWrite report the loss the usual way
     transport.write(data)
+
+
+class WriteBatch:
+    """
+    Frames produced while one inbound read is handled, gathered per receiver and written with one send
+    each when the read is done: a burst relayed to many receivers costs one syscall per receiver, not
+    one per frame. Outside a read (timers, HTTP triggers) frames are written at once.
+    """
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.pending: dict = {}
+
+    def add(self, protocol, wire: bytes) -> bool:
+        """Keep wire for protocol if a read is being handled; False means write it now."""
+        if not self.depth:
+            return False
+        self.pending.setdefault(protocol, []).append(wire)
+        return True
+
+    def flush_one(self, protocol) -> None:
+        wires = self.pending.pop(protocol, None)
+        if wires:
+            protocol._write_wire(wires[0] if len(wires) == 1 else b"".join(wires))
+
+    def flush(self) -> None:
+        while self.pending:
+            protocol = next(iter(self.pending))
+            self.flush_one(protocol)
+
+
+BATCH = WriteBatch()

@@ -31,7 +31,7 @@ from relayd.errors import ProtocolError
 from relayd.ws import closecodes
 from relayd.ws.frames import Frame
 from relayd.ws.ratelimit import TokenBucket
-from relayd.ws._writes import write_now
+from relayd.ws._writes import BATCH, write_now
 
 _OPEN = WebSocketProtocol.STATE_OPEN
 
@@ -50,8 +50,20 @@ class RelaydProtocol(WebSocketServerProtocol):
     # ---- Autobahn entry points -------------------------------------------------------------
 
     def dataReceived(self, data):
-        # Autobahn's dataReceived formats a debug log line per read, even with debug logging off
-        self._dataReceived(data)
+        # Autobahn's dataReceived formats a debug log line per read, even with debug logging off;
+        # frames this read produces for any receiver are written together once it is handled
+        BATCH.depth += 1
+        try:
+            self._dataReceived(data)
+        finally:
+            BATCH.depth -= 1
+            if not BATCH.depth:
+                BATCH.flush()
+
+    def sendData(self, data, sync=False, chopsize=None):
+        # Autobahn's own frames (close, ping, pong) must not overtake frames still gathered for us
+        BATCH.flush_one(self)
+        super().sendData(data, sync, chopsize)
 
     def connectionMade(self):
         super().connectionMade()
@@ -188,13 +200,19 @@ class RelaydProtocol(WebSocketServerProtocol):
 
     def _write(self, frame: Frame) -> None:
         wire = frame.wire
-        if self.send_queue:
-            self.sendData(wire)  # Autobahn is writing chopped data: stay behind it
-        else:
-            write_now(self.transport, wire)
+        if not BATCH.add(self, wire):
+            self._write_wire(wire)
         metrics = self.factory.metrics
         metrics.messages_out.inc()
         metrics.bytes_out.inc(len(wire))
+
+    def _write_wire(self, wire: bytes) -> None:
+        if self.transport is None or self.state == WebSocketProtocol.STATE_CLOSED:
+            return
+        if self.send_queue:
+            super().sendData(wire)  # Autobahn is writing chopped data: stay behind it
+        else:
+            write_now(self.transport, wire)
 
     def pauseProducing(self):
         if not self._blocked:

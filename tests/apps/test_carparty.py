@@ -245,3 +245,24 @@ class DeliveryTests(TestCase):
         h.flush()
         self.assertEqual(len(written), 2)
         self.assertIs(written[0], written[1])
+
+
+class BatchingTests(TestCase):
+    def test_frames_of_one_read_go_out_in_one_write_before_a_close(self):
+        """Frames relayed from one inbound read reach each phone in one write, and a close never overtakes them."""
+        h = harness()
+        s = server(h)
+        phones = [phone(h, str(i)) for i in range(2)]
+        writes = []
+        for ws in phones_server_side(h):
+            original = ws.transport.write
+            ws.transport.write = lambda data, _o=original: (writes.append(data), _o(data))
+        for i in range(10):
+            s.send_text(f"frame {i}")  # all ten arrive in one read on the server side
+        s.sendClose(1000)
+        h.flush()
+        for p in phones:
+            self.assertEqual(p.messages, [f"frame {i}" for i in range(10)])
+            self.assertTrue(p.closed)
+        self.assertEqual(len([w for w in writes if b"frame 0" in w]), 2)
+        self.assertTrue(all(b"frame 9" in w for w in writes if b"frame 0" in w))
