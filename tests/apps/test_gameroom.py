@@ -58,18 +58,23 @@ class Seat:
         return moved
 
 
-def play(h, seats, until=lambda: False, rounds=2000, step=0.01):
-    """Exchange messages until nothing moves or `until` holds; each round is `step` seconds of play."""
+def play(h, seats, until=lambda: False, rounds=2000, step=0.01, idle_rounds=30):
+    """
+    Exchange messages until `until` holds or nothing has moved for `idle_rounds` rounds; each round
+    is `step` seconds of play (turns may wait for the scheduler's next tick).
+    """
+    idle = 0
     for _ in range(rounds):
         h.advance(step)
         moved = False
         for seat in seats:
             moved = seat.pump() or moved
-        if until() or not moved:
-            h.flush()
-            for seat in seats:
-                seat.pump()
-            return
+        idle = 0 if moved else idle + 1
+        if until() or idle >= idle_rounds:
+            break
+    h.flush()
+    for seat in seats:
+        seat.pump()
 
 
 def new_game(h, players=2, seed=7, options=None, plans=None):
@@ -161,6 +166,15 @@ class RunningTests(TestCase):
         first = turns_a[0]
         self.assertEqual(first["execute_at"], 2)
         self.assertEqual([pid for pid, _ in first["commands"]], ["p1", "p2"])
+
+    def test_turn_rate_is_capped(self):
+        """However fast players answer, a room closes no more than max_turn_rate turns per second."""
+        h = harness("max_turn_rate = 10")
+        room_id, seats = new_game(h)
+        play(h, seats, rounds=100, step=0.01)  # one second of play with instant answers
+        executed = seats[0].player.executed
+        self.assertGreaterEqual(executed, 5)
+        self.assertLessEqual(executed, 11)
 
     def test_future_turn_rejected(self):
         """A packet for a turn that is not open is rejected as an error."""

@@ -37,6 +37,7 @@ SPEC = AppSpec(
         "max_command_bytes": Option(size(16), 4096, "Largest command list one player sends for one turn (JSON bytes)."),
         "max_setup_bytes": Option(size(16), 16384, "Largest setup configuration (JSON bytes)."),
         "max_turns": Option(integer(1), 100000, "Turns after which a game is finished."),
+        "max_turn_rate": Option(number(0.1, 1000), 60.0, "Turns per second a room closes at most, however fast packets come."),
         "setup_timeout": Option(number(1), 3600.0, "Seconds a room may stay in setup before it is abandoned."),
         "archive_ttl": Option(number(0), 86400.0, "Seconds a finished game's archive is kept."),
         "persist_interval": Option(number(0.01, 60), 0.2, "Seconds between writes of changed rooms to the store."),

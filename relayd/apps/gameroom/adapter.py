@@ -225,7 +225,8 @@ class GameRoomApp(App):
             max_turn_ms=o["max_turn_ms"], iterations=o["iterations_per_turn"], lag_tolerance=o["lag_tolerance"],
             on_lag=o["on_lag"], away_timeout=o["away_timeout"], late_joiners=o["late_joiners"],
             max_players=o["max_players"], max_rooms=o["max_rooms"], max_command_bytes=o["max_command_bytes"],
-            max_setup_bytes=o["max_setup_bytes"], max_turns=o["max_turns"], setup_timeout=o["setup_timeout"],
+            max_setup_bytes=o["max_setup_bytes"], max_turns=o["max_turns"], max_turn_rate=o["max_turn_rate"],
+            setup_timeout=o["setup_timeout"],
             archive_ttl=o["archive_ttl"],
         )
         self.core = GameRoom(self.bus, self.settings)

@@ -63,6 +63,7 @@ class Settings:
     max_command_bytes: int = 4096
     max_setup_bytes: int = 16384
     max_turns: int = 100000
+    max_turn_rate: float = 60.0
     setup_timeout: float = 3600.0
     archive_ttl: float = 86400.0
 
@@ -114,6 +115,7 @@ class Room:
     started: float | None = None
     ended: float | None = None
     persisted: int = 0
+    last_close: float = float("-inf")
 
     def player(self, pid: str) -> Player | None:
         for p in self.players:
@@ -380,8 +382,16 @@ class GameRoom:
         player.frame_ms = frame_ms if not player.frame_ms else 0.8 * player.frame_ms + 0.2 * frame_ms
         if state_hash is not None and self._record_hash(room, player, hash_turn, state_hash, now):
             return
-        if all(p.pid in room.packets or p.dropped for p in room.players):
-            self._close_turn(room, now, substituted=[p.pid for p in room.players if p.pid not in room.packets])
+        self._close_if_complete(room, now)
+
+    def _close_if_complete(self, room: Room, now: float) -> bool:
+        """Close the open turn once every packet is in, but no faster than max_turn_rate (the tick retries)."""
+        if not all(p.pid in room.packets or p.dropped for p in room.players):
+            return False
+        if now - room.last_close < 1.0 / room.settings.max_turn_rate:
+            return True
+        self._close_turn(room, now, substituted=[p.pid for p in room.players if p.pid not in room.packets])
+        return True
 
     def _record_hash(self, room: Room, player: Player, hash_turn: int, value: str, now: float) -> bool:
         """Compare with the first player's hash of the same turn; True when the game halted."""
@@ -425,6 +435,7 @@ class GameRoom:
         room.turn = n + 1
         room.packets = {}
         room.opened_at = now
+        room.last_close = now
         room.lag_since = None
         pending = room.pending_timing
         if pending is not None and room.turn >= pending["from_turn"]:
@@ -515,10 +526,9 @@ class GameRoom:
             if all(p.dropped for p in room.players):
                 self._finish(room, now, "abandoned")
                 continue
-            missing = [p.pid for p in room.players if p.pid not in room.packets]
-            if missing and all(room.player(pid).dropped for pid in missing):
-                self._close_turn(room, now, substituted=missing)
+            if self._close_if_complete(room, now):
                 continue
+            missing = [p.pid for p in room.players if p.pid not in room.packets]
             self._refresh_state(room, now)
             if room.state == states.LAGGING and room.settings.on_lag == "substitute" \
                     and room.lag_since is not None and now - room.lag_since >= room.settings.lag_tolerance:
