@@ -168,6 +168,16 @@ class Harness:
         client.pump = pump
         return client
 
+    def one_frame(self, path: str, payload, binary: bool = False):
+        """A new client that sends one frame (text, or binary bytes) and waits for what follows."""
+        client = self.ws(path)
+        if binary:
+            client.sendMessage(payload, True)
+        else:
+            client.send_text(payload)
+        self.flush()
+        return client
+
     def raw(self, data: bytes = b"", listener="main", host="127.0.0.1"):
         client = RawClient()
         pump = self._connect(client, listener=listener, host=host)

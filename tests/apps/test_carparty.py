@@ -136,15 +136,6 @@ class RelayTests(TestCase):
 
 
 class SilentDropTests(TestCase):
-    def _first(self, h, payload, binary=False):
-        c = h.ws("/carparty/ws")
-        if binary:
-            c.sendMessage(payload, True)
-        else:
-            c.send_text(payload)
-        h.flush()
-        return c
-
     def test_each_silent_drop_closes_without_a_word_and_is_counted(self):
         """Every drop the protocol defines closes the connection, sends nothing, and counts its reason."""
         h = harness()
@@ -159,11 +150,11 @@ class SilentDropTests(TestCase):
             "login_not_object": "[]",
         }
         for reason, payload in cases.items():
-            c = self._first(h, payload)
+            c = h.one_frame("/carparty/ws", payload)
             self.assertTrue(c.closed, reason)
             self.assertEqual(c.messages, [], reason)
             self.assertEqual(dropped(h, reason), 1.0, reason)
-        c = self._first(h, b"\x00", binary=True)
+        c = h.one_frame("/carparty/ws", b"\x00", binary=True)
         self.assertTrue(c.closed)
         self.assertEqual(dropped(h, "login_binary"), 1.0)
 

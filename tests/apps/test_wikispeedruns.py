@@ -173,18 +173,9 @@ class RefreshTests(TestCase):
 
 
 class BadInputTests(TestCase):
-    def _first(self, h, payload, binary=False):
-        c = h.ws("/wikispeedruns")
-        if binary:
-            c.sendMessage(payload, True)
-        else:
-            c.send_text(payload)
-        h.flush()
-        return c
-
     def test_unknown_first_type(self):
         """An unknown first type closes 1000 with reason "invalid message type"."""
-        c = self._first(harness(), json.dumps({"type": "dance", "lobby_id": 1}))
+        c = harness().one_frame("/wikispeedruns", json.dumps({"type": "dance", "lobby_id": 1}))
         self.assertEqual((c.close_code, c.close_reason), (1000, "invalid message type"))
 
     def test_bad_inputs_close_1008_and_are_counted(self):
@@ -199,7 +190,7 @@ class BadInputTests(TestCase):
                         '{"type": "leaderboard", "lobby_id": NaN, "prompt_id": 2}',
                         "[" * 30000 + "]" * 30000,
                         '{"type": "leaderboard", "lobby_id": ' + "9" * 5000 + ', "prompt_id": 2}']:
-            c = self._first(h, payload)
+            c = h.one_frame("/wikispeedruns", payload)
             self.assertEqual(c.close_code, 1008, payload[:60])
         self.assertEqual(
             h.service.metrics.registry.get_sample_value(
@@ -210,12 +201,12 @@ class BadInputTests(TestCase):
 
     def test_binary_frame_closes_1003(self):
         """A binary frame closes 1003."""
-        c = self._first(harness(), b"\x01\x02", binary=True)
+        c = harness().one_frame("/wikispeedruns", b"\x01\x02", binary=True)
         self.assertEqual(c.close_code, 1003)
 
     def test_oversized_frame_closes_1009(self):
         """A frame above the 64 KiB default closes 1009."""
-        c = self._first(harness(), json.dumps({"type": "leaderboard", "pad": "x" * 70000}))
+        c = harness().one_frame("/wikispeedruns", json.dumps({"type": "leaderboard", "pad": "x" * 70000}))
         self.assertEqual(c.close_code, 1009)
 
 

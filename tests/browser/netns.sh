@@ -5,6 +5,9 @@
 #   unshare -n bash netns.sh TWISTD CONFIG PORT COMMAND...
 set -euo pipefail
 ip link set lo up
+# no IPv6 here: address autoconfiguration on the veth pair would change the network under Chromium
+# seconds after it starts (net::ERR_NETWORK_CHANGED)
+sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
 ip link add relayd0 type veth peer name relayd1
 ip addr add 198.18.0.1/24 dev relayd0
 ip link set relayd0 up

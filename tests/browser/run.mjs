@@ -26,7 +26,15 @@ const pages = [];
 async function open(url) {
   const page = await context.newPage();
   page.on("console", (m) => (result.console ??= []).push(m.text()));
-  await page.goto(url);
+  for (let attempt = 0; ; attempt++) {
+    try {
+      await page.goto(url);
+      break;
+    } catch (error) {
+      // a network change under a fresh browser aborts navigation; anything else is a failure
+      if (attempt >= 2 || !String(error).includes("ERR_NETWORK_CHANGED")) throw error;
+    }
+  }
   pages.push(page);
   return page;
 }
