@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from twisted.trial.unittest import SkipTest, TestCase
 
+from tests.live import free_port
 from tests.tlsutil import TestCA
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -75,12 +75,6 @@ create_token = {token}
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _missing() -> str | None:
     if not os.path.exists(CHROMIUM):
         return f"Chromium not found at {CHROMIUM} (apt-get install chromium)"
@@ -112,7 +106,7 @@ class BrowserTests(TestCase):
         directory = tempfile.mkdtemp(prefix="relayd-browser-")
         ca = TestCA(directory)
         key, cert = ca.issue("localhost")
-        self.http, self.https = _free_port(), _free_port()
+        self.http, self.https = free_port(), free_port()
         path = os.path.join(directory, "relayd.ini")
         with open(path, "w") as f:
             f.write(CONFIG.format(state=os.path.join(directory, "state"), http=self.http, https=self.https,
