@@ -3,13 +3,13 @@ relayd's benchmark runner: the same scenario, with the same generator, against r
 the peers a user would pick instead (Node `ws`, picows), in one invocation. Results are ratios
 relayd / peer, pair by pair, because absolute numbers on shared machines drift.
 
-Each server is pinned to one core (taskset -c 1) and the generator to the other; the server's CPU
-time comes from /proc, the generator's from itself, so a run where the generator was the bottleneck
-shows it.
+Each server is pinned to one core (taskset -c 1) and the generator (bench/gen/wsgen.c, C on one
+epoll loop, built here with cc) to the other; the server's CPU time and memory come from /proc, the
+generator's CPU time from itself, so a run where the generator was the bottleneck shows it.
 
-    bench/run [--smoke] [--servers relayd,ws,picows] [--receivers 1,10,100,1000]
+    bench/run [--smoke] [--servers relayd,ws,picows] [--only fanout,latency,connections,churn,gameroom]
 
-Writes bench/out/results.jsonl and bench/results.md.
+Writes bench/out/results.jsonl (one JSON line per measurement) and, unless --smoke, bench/results.md.
 """
 
 from __future__ import annotations
@@ -18,17 +18,21 @@ import argparse
 import json
 import os
 import platform
+import re
+import resource
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 TOP = os.path.dirname(BENCH)
 OUT = os.path.join(BENCH, "out")
 PYTHON = sys.executable
+KEEPALIVE = 10  # seconds, the same for relayd and both peers
 
 RELAYD_CONFIG = """
 [relayd]
@@ -37,25 +41,29 @@ log_level = warn
 
 [listener:main]
 endpoint = tcp:{port}:interface=127.0.0.1
+max_connections = 20000
 max_connections_per_address = 0
+metrics = yes
 
 [limits]
 rate_limit = 0
-auto_ping_interval = 0
+auto_ping_interval = {keepalive}
+auto_ping_timeout = {keepalive}
 
 [app:carparty]
 listeners = main
 path = /carparty
+
+[app:gameroom]
+listeners = main
+path = /gameroom
+create_token = bench-create-token-0123456789
+max_rooms = 20000
+max_players = 4
+max_turn_rate = 10
 """
 
-
-NOTES = """Scenarios this version of the suite measures: fan-out of 100-byte text frames from one sender
-to N receivers (carparty protocol), with up to 64 messages in flight per receiver and in lock-step
-(one in flight). Server CPU is the server's CPU time over the timed traffic divided by its duration;
-generator CPU likewise. Where the generator's share is near 100% it, not the server, set the pace:
-the ratios of those rows are bounded by the generator. The suite does not yet measure latency at a
-fixed rate, gameroom turns, handshakes, churn or idle connections.
-"""
+GAMEROOM_TOKEN = "bench-create-token-0123456789"
 
 
 def free_port() -> int:
@@ -68,6 +76,11 @@ def pinned(command: list[str], core: int) -> list[str]:
     if shutil.which("taskset") and os.cpu_count() and os.cpu_count() > 1:
         return ["taskset", "-c", str(core), *command]
     return command
+
+
+def _more_files():
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def cpu_seconds(pid: int) -> float:
@@ -84,6 +97,17 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
+def build_generator(out: str) -> str:
+    source = os.path.join(BENCH, "gen", "wsgen.c")
+    binary = os.path.join(out, "wsgen")
+    if not os.path.exists(binary) or os.path.getmtime(binary) < os.path.getmtime(source):
+        compiler = shutil.which("cc") or shutil.which("gcc")
+        if compiler is None:
+            raise SystemExit("bench: a C compiler (cc) is needed to build the generator")
+        subprocess.run([compiler, "-O2", "-o", binary, source], check=True)
+    return binary
+
+
 class Server:
     def __init__(self, name: str):
         self.name = name
@@ -92,7 +116,8 @@ class Server:
         if name == "relayd":
             config = os.path.join(self.directory, "relayd.ini")
             with open(config, "w") as f:
-                f.write(RELAYD_CONFIG.format(state=os.path.join(self.directory, "state"), port=self.port))
+                f.write(RELAYD_CONFIG.format(state=os.path.join(self.directory, "state"), port=self.port,
+                                             keepalive=KEEPALIVE))
             twistd = os.path.join(os.path.dirname(PYTHON), "twistd")
             command = [twistd, "--nodaemon", "--pidfile=", "relayd", "--config", config]
             self.path = "/carparty/ws"
@@ -104,7 +129,7 @@ class Server:
             self.path = "/"
         else:
             raise ValueError(name)
-        self.process = subprocess.Popen(pinned(command, 1), cwd=self.directory,
+        self.process = subprocess.Popen(pinned(command, 1), cwd=self.directory, preexec_fn=_more_files,
                                         stdout=subprocess.DEVNULL, stderr=open(os.path.join(self.directory, "stderr"), "w"))
         for _ in range(200):
             try:
@@ -115,8 +140,11 @@ class Server:
         raise RuntimeError(f"{name} did not start")
 
     @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}{self.path}"
+    def pid(self) -> int:
+        return self.process.pid
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.pid)
 
     def stop(self):
         self.process.terminate()
@@ -124,51 +152,254 @@ class Server:
             self.process.wait(timeout=15)
         except subprocess.TimeoutExpired:
             self.process.kill()
+            self.process.wait()
 
 
-def fan_out(server: Server, receivers: int, mode: str, deliveries: int) -> dict:
-    config = {"url": server.url, "receivers": receivers, "mode": mode, "deliveries": deliveries}
-    generator = subprocess.Popen(pinned(["node", os.path.join(BENCH, "loadgen.js"), json.dumps(config)], 0),
-                                 cwd=BENCH, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    server_cpu = 0.0
-    for line in generator.stdout:
-        if line.strip() == "READY":  # connections are up: time only the traffic
-            before = cpu_seconds(server.process.pid)
-            generator.stdin.write("go\n")
-            generator.stdin.flush()
-        elif line.strip() == "DONE":
-            server_cpu = cpu_seconds(server.process.pid) - before
-            generator.stdin.write("bye\n")
-            generator.stdin.flush()
-        elif line.startswith("{"):
-            result = json.loads(line)
-    generator.wait(timeout=60)
-    result.update(server=server.name, scenario=f"fan-out {mode} N={receivers}", server_cpu_s=server_cpu,
-                  server_rss_kib=rss_kib(server.process.pid))
-    if "seconds" in result:
-        result["server_cpu_share"] = server_cpu / result["seconds"]
-        result["generator_cpu_share"] = result["generator_cpu_s"] / result["seconds"]
+class Generator:
+    """One run of wsgen; `on` maps each phase line it prints to what the runner does before "go"."""
+
+    def __init__(self, binary: str, mode: str, server: Server, **options):
+        args = [binary, mode, f"port={server.port}", f"path={server.path}",
+                *[f"{k}={v}" for k, v in options.items()]]
+        self.process = subprocess.Popen(pinned(args, 0), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                        preexec_fn=_more_files)
+
+    def run(self, on: dict) -> dict:
+        result: dict = {}
+        for line in self.process.stdout:
+            phase = line.strip()
+            if phase in on:
+                on[phase]()
+            if phase in ("READY", "OPEN"):
+                self._say("go")
+            elif phase == "DONE":
+                self._say("bye")
+            elif phase.startswith("{"):
+                result = json.loads(phase)
+        self.process.wait(timeout=60)
+        return result
+
+    def _say(self, word: str) -> None:
+        self.process.stdin.write(word + "\n")
+        self.process.stdin.flush()
+
+
+def traffic(binary: str, server: Server, mode: str, **options) -> dict:
+    """A run whose server CPU is sampled between READY and DONE: the timed traffic only."""
+    marks: dict = {}
+    gen = Generator(binary, mode, server, **options)
+    result = gen.run({"READY": lambda: marks.update(cpu0=server.cpu()), "DONE": lambda: marks.update(cpu1=server.cpu())})
+    if "seconds" in result and "cpu1" in marks:
+        server_cpu = marks["cpu1"] - marks["cpu0"]
+        result.update(server_cpu_s=server_cpu, server_cpu_share=server_cpu / result["seconds"],
+                      generator_cpu_share=result["generator_cpu_s"] / result["seconds"])
+    result.update(server=server.name, server_rss_kib=rss_kib(server.pid))
     return result
+
+
+def fan_out(binary, server, receivers, mode, deliveries):
+    window = 64 if mode == "many" else 1
+    result = traffic(binary, server, "fanout", receivers=receivers, window=window,
+                     messages=max(10, deliveries // receivers))
+    result.update(scenario=f"fan-out {mode} N={receivers}")
+    return result
+
+
+def latency(binary, server, receivers, rate, seconds):
+    result = traffic(binary, server, "rate", receivers=receivers, rate=rate, seconds=seconds)
+    result.update(scenario=f"latency {receivers} x {rate}/s")
+    if result.get("delivered"):
+        result["server_cpu_us_per_delivery"] = result["server_cpu_s"] / result["delivered"] * 1e6
+    return result
+
+
+def connections(binary, server, count, hold):
+    """Handshakes/s while `count` phones connect, then memory and CPU while they sit idle."""
+    marks: dict = {}
+
+    def opened():
+        marks.update(cpu1=server.cpu(), rss1=rss_kib(server.pid))
+        time.sleep(hold)
+        marks.update(cpu2=server.cpu())
+
+    gen = Generator(binary, "connect", server, connections=count, concurrency=100)
+    result = gen.run({"READY": lambda: marks.update(cpu0=server.cpu(), rss0=rss_kib(server.pid)), "OPEN": opened})
+    result.update(server=server.name, scenario=f"connections {count}")
+    if "cpu2" in marks:
+        result.update(
+            handshake_server_cpu_share=(marks["cpu1"] - marks["cpu0"]) / result["open_seconds"],
+            rss_kib_before=marks["rss0"], rss_kib_open=marks["rss1"],
+            rss_bytes_per_connection=(marks["rss1"] - marks["rss0"]) * 1024 / count,
+            idle_seconds=hold, idle_cpu_share=(marks["cpu2"] - marks["cpu1"]) / hold,
+            generator_cpu_share=result["generator_cpu_s"] / max(result["seconds"], 1e-9),
+        )
+    return result
+
+
+def churn(binary, server, seconds):
+    result = traffic(binary, server, "churn", concurrency=50, seconds=seconds)
+    result.update(scenario="churn")
+    return result
+
+
+def _metric_buckets(text: str, name: str, app: str) -> dict[float, float]:
+    pattern = re.compile(rf'^{name}_bucket\{{app="{app}",le="([^"]+)"\}} (\S+)$', re.M)
+    return {float(le): float(v) for le, v in pattern.findall(text)}
+
+
+def _scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        return r.read().decode()
+
+
+def _p99_bound(before: dict, after: dict) -> tuple[float, int]:
+    """The smallest histogram bound under which 99% of the window's ticks fell, and their count."""
+    total = after.get(float("inf"), 0) - before.get(float("inf"), 0)
+    for bound in sorted(after):
+        if total and (after[bound] - before.get(bound, 0)) / total >= 0.99:
+            return bound, int(total)
+    return float("inf"), int(total)
+
+
+def gameroom(binary, rooms, seconds, out):
+    """`rooms` rooms of 4 players at 10 turns/s on a fresh relayd: tick lateness p99 and turn rate."""
+    server = Server("relayd")
+    try:
+        paths = []
+        for _ in range(rooms):
+            body = json.dumps({"engine": "counter@1", "seed": 7, "players": 4}).encode()
+            request = urllib.request.Request(f"http://127.0.0.1:{server.port}/gameroom/create", data=body, method="POST",
+                                             headers={"Authorization": f"Bearer {GAMEROOM_TOKEN}",
+                                                      "Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=10) as r:
+                play = json.loads(r.read())["play_url"]
+            paths.append("/" + play.split("/", 3)[3])
+        rooms_file = os.path.join(out, "rooms.txt")
+        with open(rooms_file, "w") as f:
+            f.write("\n".join(paths) + "\n")
+        marks: dict = {}
+
+        def ready():
+            marks.update(cpu0=server.cpu(), before=_metric_buckets(_scrape(server.port), "relayd_tick_lateness_seconds", "gameroom"))
+
+        def done():
+            marks.update(cpu1=server.cpu(), after=_metric_buckets(_scrape(server.port), "relayd_tick_lateness_seconds", "gameroom"))
+
+        server.path = "/"
+        result = Generator(binary, "gameroom", server, rooms_file=rooms_file, seconds=seconds, concurrency=100).run(
+            {"READY": ready, "DONE": done})
+        result.update(server="relayd", scenario=f"gameroom rooms={rooms}", server_rss_kib=rss_kib(server.pid))
+        if "after" in marks:
+            bound, ticks = _p99_bound(marks["before"], marks["after"])
+            result.update(tick_lateness_p99_bound_s=bound, ticks=ticks,
+                          server_cpu_share=(marks["cpu1"] - marks["cpu0"]) / result["seconds"],
+                          generator_cpu_share=result["generator_cpu_s"] / result["seconds"])
+        return result
+    finally:
+        server.stop()
+
+
+def gameroom_holds(r: dict) -> bool:
+    return (r.get("tick_lateness_p99_bound_s", 1) < 0.010 and r.get("turns_per_room_s", 0) >= 9.5
+            and r.get("started_players") == r.get("players") and not r.get("game_errors"))
+
+
+# ---- the report ----------------------------------------------------------------------------------
+
+def _table(head: list[str], rows: list[list[str]]) -> str:
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def _ratio(a, b) -> str:
+    return f"{a / b:.2f}x" if a and b else "-"
+
+
+def _pct(v) -> str:
+    return f"{v:.0%}" if v is not None else "-"
 
 
 def markdown(results: list[dict], servers: list[str]) -> str:
     peers = [s for s in servers if s != "relayd"]
     by = {(r["scenario"], r["server"]): r for r in results}
     scenarios = list(dict.fromkeys(r["scenario"] for r in results))
-    head = ["scenario", *[f"{s} deliveries/s" for s in servers], *[f"relayd / {p}" for p in peers],
-            *[f"{s} server CPU" for s in servers], "generator CPU (max)"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for scenario in scenarios:
-        row = [scenario]
-        rates = {s: by.get((scenario, s), {}).get("deliveries_per_s") for s in servers}
-        row += [f"{rates[s]:,.0f}" if rates[s] else "-" for s in servers]
-        for p in peers:
-            row.append(f"{rates['relayd'] / rates[p]:.2f}x" if rates.get("relayd") and rates.get(p) else "-")
-        row += [f"{by[(scenario, s)]['server_cpu_share']:.0%}" if (scenario, s) in by and "server_cpu_share" in by[(scenario, s)] else "-" for s in servers]
-        gen = [by[(scenario, s)].get("generator_cpu_share", 0) for s in servers if (scenario, s) in by]
-        row.append(f"{max(gen):.0%}" if gen else "-")
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines)
+    parts = []
+
+    def family(prefix):
+        return [s for s in scenarios if s.startswith(prefix)]
+
+    def get(scenario, server, key):
+        return by.get((scenario, server), {}).get(key)
+
+    def gen_max(scenario):
+        shares = [get(scenario, s, "generator_cpu_share") for s in servers]
+        return max((s for s in shares if s is not None), default=None)
+
+    if family("fan-out"):
+        head = ["scenario", *[f"{s} deliveries/s" for s in servers], *[f"relayd / {p}" for p in peers],
+                *[f"{s} CPU" for s in servers], "generator CPU (max)"]
+        rows = []
+        for sc in family("fan-out"):
+            rates = {s: get(sc, s, "deliveries_per_s") for s in servers}
+            rows.append([sc, *[f"{rates[s]:,.0f}" if rates[s] else "-" for s in servers],
+                         *[_ratio(rates.get("relayd"), rates[p]) for p in peers],
+                         *[_pct(get(sc, s, "server_cpu_share")) for s in servers], _pct(gen_max(sc))])
+        parts.append("## Fan-out\n\nDeliveries per second of 100-byte text frames, one game server to N phones, "
+                     "with up to 64 frames in flight per phone (many) or one (lock-step).\n\n" + _table(head, rows))
+    if family("latency"):
+        head = ["scenario", *[f"{s} p50 / p99 ms" for s in servers], *[f"{s} CPU µs/delivery" for s in servers],
+                *[f"relayd / {p} p99" for p in peers], *[f"relayd / {p} CPU/delivery" for p in peers],
+                "lost", "generator CPU (max)"]
+        rows = []
+        for sc in family("latency"):
+            cpu = {s: get(sc, s, "server_cpu_us_per_delivery") for s in servers}
+            p99 = {s: get(sc, s, "p99_ms") for s in servers}
+            rows.append([sc, *[f"{get(sc, s, 'p50_ms'):.2f} / {p99[s]:.2f}" if p99[s] is not None else "-" for s in servers],
+                         *[f"{cpu[s]:.2f}" if cpu[s] else "-" for s in servers],
+                         *[_ratio(p99.get("relayd"), p99[p]) for p in peers], *[_ratio(cpu.get("relayd"), cpu[p]) for p in peers],
+                         str(sum(get(sc, s, "lost") or 0 for s in servers)), _pct(gen_max(sc))])
+        parts.append("## Latency at a fixed rate\n\nOne sender at a fixed rate of 100-byte frames stamped with their send "
+                     "time; p50/p99 from send to receipt over every delivery after a 0.5 s warm-up.\n\n" + _table(head, rows))
+    if family("connections"):
+        head = ["scenario", "server", "handshakes/s", "server CPU while connecting", "RSS bytes / idle connection",
+                "idle CPU (keepalive every 10 s)", "generator CPU"]
+        rows = []
+        for sc in family("connections"):
+            for s in servers:
+                r = by.get((sc, s))
+                if r and "idle_cpu_share" in r:
+                    rows.append([sc, s, f"{r['handshakes_per_s']:,.0f}", _pct(r["handshake_server_cpu_share"]),
+                                 f"{r['rss_bytes_per_connection']:,.0f}", f"{r['idle_cpu_share']:.2%}",
+                                 _pct(r["generator_cpu_share"])])
+            for p in peers:
+                rows.append([sc, f"relayd / {p}", _ratio(get(sc, "relayd", "handshakes_per_s"), get(sc, p, "handshakes_per_s")),
+                             "", _ratio(get(sc, "relayd", "rss_bytes_per_connection"), get(sc, p, "rss_bytes_per_connection")),
+                             "", ""])
+        for sc in family("churn"):
+            for s in servers:
+                r = by.get((sc, s))
+                if r and "cycles_per_s" in r:
+                    rows.append(["churn (connect, log in, close handshake; 50 at a time)", s,
+                                 f"{r['cycles_per_s']:,.0f} cycles/s", _pct(r.get("server_cpu_share")), "", "",
+                                 _pct(r.get("generator_cpu_share"))])
+            for p in peers:
+                rows.append(["churn", f"relayd / {p}", _ratio(get(sc, "relayd", "cycles_per_s"), get(sc, p, "cycles_per_s")),
+                             "", "", "", ""])
+        parts.append("## Connections\n\nPhones opened 100 handshakes at a time, each logging in to one game server, "
+                     "then held idle; memory is the server's RSS growth divided by the connections.\n\n" + _table(head, rows))
+    if family("gameroom"):
+        head = ["rooms x 4 players", "turns/s per room", "tick lateness p99", "ticks", "server CPU", "generator CPU", "holds"]
+        rows = []
+        for sc in family("gameroom"):
+            r = by[(sc, "relayd")]
+            bound = r.get("tick_lateness_p99_bound_s")
+            rows.append([str(r["rooms"]), f"{r.get('turns_per_room_s', 0):.2f}",
+                         f"<= {bound * 1000:g} ms" if bound not in (None, float("inf")) else "> 1 s",
+                         str(r.get("ticks", "-")), _pct(r.get("server_cpu_share")), _pct(r.get("generator_cpu_share")),
+                         "yes" if gameroom_holds(r) else "no"])
+        parts.append("## Gameroom\n\nRooms of 4 players at 10 turns/s (`max_turn_rate = 10`, players answer each master "
+                     "packet at once), rooms increased until turns are late; tick lateness from relayd's "
+                     "`relayd_tick_lateness_seconds` histogram (its bucket bounds) over the window.\n\n" + _table(head, rows))
+    return "\n\n".join(parts)
 
 
 def machine() -> str:
@@ -180,45 +411,69 @@ def machine() -> str:
         pass
     node = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
     return (f"{os.cpu_count()} cores ({cpu}), Linux {platform.release()}, CPython {platform.python_version()}, "
-            f"Node {node}; server pinned to core 1, generator to core 0")
+            f"Node {node}; server pinned to core 1, generator (bench/gen/wsgen.c) to core 0")
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--smoke", action="store_true", help="a few seconds: small counts, for the test suite")
+    parser.add_argument("--smoke", action="store_true", help="a few seconds of each scenario, for the test suite")
     parser.add_argument("--servers", default="relayd,ws,picows")
+    parser.add_argument("--only", default="fanout,latency,connections,churn,gameroom")
     parser.add_argument("--receivers", default="1,10,100,1000")
-    parser.add_argument("--deliveries", type=int, default=300000, help="deliveries per scenario")
+    parser.add_argument("--deliveries", type=int, default=1000000, help="deliveries per many-in-flight scenario")
     parser.add_argument("--out", default=OUT)
     args = parser.parse_args(argv)
-    servers = args.servers.split(",")
+    servers, only = args.servers.split(","), set(args.only.split(","))
     receivers = [int(n) for n in args.receivers.split(",")]
     deliveries = args.deliveries
+    latencies, idle, hold, churn_s, rate_s = [(100, 500), (1000, 50)], 10000, 2 * KEEPALIVE, 3, 5
+    room_steps, room_s = [100, 250, 500, 750, 1000, 1500, 2000], 10
     if args.smoke:
-        receivers, deliveries = [1, 10], 2000
+        receivers, deliveries = [1, 10], 5000
+        latencies, idle, hold, churn_s, rate_s = [(10, 100)], 200, 1, 1, 1
+        room_steps, room_s = [5], 2
     os.makedirs(args.out, exist_ok=True)
+    binary = build_generator(args.out)
     results = []
+
+    def record(result):
+        results.append(result)
+        print(json.dumps(result), flush=True)
+
     for name in servers:
         server = Server(name)
         try:
-            for mode in ("many", "lockstep"):
-                for n in receivers:
-                    # lock-step costs a round trip per message: fewer deliveries keep it in proportion
-                    count = deliveries if mode == "many" else max(n * 10, deliveries // 5)
-                    result = fan_out(server, n, mode, count)
-                    results.append(result)
-                    print(json.dumps(result), flush=True)
+            if "fanout" in only:
+                for mode in ("many", "lockstep"):
+                    for n in receivers:
+                        # lock-step costs a round trip per message: fewer deliveries keep it in proportion
+                        count = deliveries if mode == "many" else max(n * 10, deliveries // 5)
+                        record(fan_out(binary, server, n, mode, count))
+            if "latency" in only:
+                for n, rate in latencies:
+                    record(latency(binary, server, n, rate, rate_s))
+            if "connections" in only:
+                record(connections(binary, server, idle, hold))
+            if "churn" in only:
+                record(churn(binary, server, churn_s))
         finally:
             server.stop()
+    if "gameroom" in only and "relayd" in servers:
+        for rooms in room_steps:
+            result = gameroom(binary, rooms, room_s, args.out)
+            record(result)
+            if not gameroom_holds(result):
+                break
     with open(os.path.join(args.out, "results.jsonl"), "w") as f:
         for result in results:
             f.write(json.dumps(result) + "\n")
-    table = markdown(results, servers)
-    failed = [r for r in results if r.get("error") or r.get("lost") or r.get("closed_early")]
+    report = markdown(results, servers)
+    failed = [r for r in results if r.get("error") or r.get("lost") or r.get("closed_early") or r.get("malformed")
+              or r.get("errors") or r.get("game_errors")]
     if not args.smoke:
         with open(os.path.join(BENCH, "results.md"), "w") as f:
-            f.write(f"# Benchmark results\n\nMachine: {machine()}.\n\nCommand: `bench/run`\n\n{table}\n\n{NOTES}")
-    print(table)
+            f.write(f"# Benchmark results\n\nMachine: {machine()}.\n\nCommand: `bench/run`\n\n{report}\n")
+    print(report)
     for r in failed:
         print("incomplete:", json.dumps(r))
     return 1 if failed else 0

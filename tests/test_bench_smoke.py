@@ -1,4 +1,4 @@
-"""A fast smoke run of the benchmark suite: every server starts, the generator drives it, nothing is lost."""
+"""A fast smoke run of the benchmark suite: every server starts, the generator drives every scenario, nothing is lost."""
 
 import json
 import os
@@ -14,10 +14,12 @@ TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 class BenchSmokeTests(TestCase):
     def test_smoke_run(self):
-        """bench/run.py --smoke drives relayd and the peers end to end and every delivery arrives."""
+        """bench/run.py --smoke drives relayd and the peers through every scenario and every delivery arrives."""
         missing = None
         if shutil.which("node") is None:
             missing = "node is not installed"
+        elif shutil.which("cc") is None:
+            missing = "a C compiler (cc) is needed to build the generator"
         elif not os.path.isdir(os.path.join(TOP, "bench", "node_modules", "ws")):
             missing = "the benchmark's npm packages are not installed (npm ci in bench)"
         servers = ["relayd", "ws"]
@@ -39,5 +41,20 @@ class BenchSmokeTests(TestCase):
             results = [json.loads(line) for line in f]
         self.assertEqual({r["server"] for r in results}, set(servers))
         for r in results:
-            self.assertEqual((r["lost"], r["closed_early"]), (0, 0), r)
-            self.assertGreater(r["deliveries_per_s"], 0)
+            self.assertNotIn("error", r)
+            self.assertEqual((r.get("lost", 0), r.get("closed_early", 0), r["errors"]), (0, 0, 0), r)
+        kinds = {r["scenario"].split(" ")[0] for r in results}
+        self.assertEqual(kinds, {"fan-out", "latency", "connections", "churn", "gameroom"})
+        for r in results:
+            if r["scenario"].startswith("fan-out"):
+                self.assertGreater(r["deliveries_per_s"], 0)
+            elif r["scenario"].startswith("latency"):
+                self.assertGreater(r["latency_samples"], 0)
+            elif r["scenario"].startswith("connections"):
+                self.assertEqual(r["handshakes"], r["connections"])
+            elif r["scenario"].startswith("churn"):
+                self.assertGreater(r["cycles"], 0)
+            else:
+                self.assertEqual(r["started_players"], r["players"])
+                self.assertGreater(r["turns_received"], 0)
+                self.assertEqual(r["game_errors"], 0)

@@ -12,6 +12,7 @@ import sys
 
 import picows
 
+KEEPALIVE = 10.0
 servers = {}
 
 
@@ -72,7 +73,10 @@ class Relay(picows.WSListener):
 
 
 async def main(port):
-    server = await picows.ws_create_server(lambda request: Relay(), "127.0.0.1", port, max_frame_size=1 << 20)
+    # keepalive as relayd and the ws peer have it: a ping every KEEPALIVE seconds of silence
+    server = await picows.ws_create_server(lambda request: Relay(), "127.0.0.1", port, max_frame_size=1 << 20,
+                                           backlog=1024, enable_auto_ping=True, auto_ping_idle_timeout=KEEPALIVE,
+                                           auto_ping_reply_timeout=KEEPALIVE)
     print("listening", port, flush=True)
     await server.serve_forever()
 

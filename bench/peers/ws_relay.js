@@ -40,4 +40,14 @@ wss.on("connection", (ws) => {
     }
   });
 });
+// keepalive as the ws README shows it, every 10 s as relayd and the picows peer have it
+const alive = new WeakSet();
+wss.on("connection", (ws) => { alive.add(ws); ws.on("pong", () => alive.add(ws)); });
+setInterval(() => {
+  for (const ws of wss.clients) {
+    if (!alive.has(ws)) { ws.terminate(); continue; }
+    alive.delete(ws);
+    ws.ping();
+  }
+}, 10000);
 wss.on("listening", () => console.log("listening", port));

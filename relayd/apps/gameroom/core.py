@@ -435,7 +435,10 @@ class GameRoom:
         room.turn = n + 1
         room.packets = {}
         room.opened_at = now
-        room.last_close = now
+        # keep the cap on a grid: a close that waited for the next tick does not push every later
+        # turn back by that wait, so a room answering at once holds max_turn_rate, not a little less
+        gap = 1.0 / room.settings.max_turn_rate
+        room.last_close = room.last_close + gap if now - room.last_close < 2 * gap else now
         room.lag_since = None
         pending = room.pending_timing
         if pending is not None and room.turn >= pending["from_turn"]:
