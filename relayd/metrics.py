@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 
 class _RoomsCollector:
@@ -27,16 +27,40 @@ class _RoomsCollector:
         return []
 
 
+class _TrafficCollector:
+    """
+    Messages and bytes in and out, counted per frame on the hot path as plain integers on each app's
+    AppMetrics (a prometheus Counter takes a lock per increment, twice per delivered frame) and
+    turned into counters only when scraped.
+    """
+
+    FAMILIES = (
+        ("relayd_messages_received", "WebSocket messages received", "messages_in"),
+        ("relayd_messages_sent", "WebSocket messages sent", "messages_out"),
+        ("relayd_received_bytes", "WebSocket payload bytes received", "bytes_in"),
+        ("relayd_sent_bytes", "WebSocket frame bytes sent", "bytes_out"),
+    )
+
+    def __init__(self) -> None:
+        self.apps: dict[str, AppMetrics] = {}
+
+    def collect(self):
+        for name, documentation, field in self.FAMILIES:
+            family = CounterMetricFamily(name, documentation, labels=["app"])
+            for app, metrics in sorted(self.apps.items()):
+                family.add_metric([app], getattr(metrics, field))
+            yield family
+
+    def describe(self):
+        return []
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self.connections_open = Gauge("relayd_connections_open", "Open WebSocket connections", ["app"], registry=r)
         self.connections = Counter("relayd_connections", "WebSocket connections opened", ["app"], registry=r)
-        self.messages_in = Counter("relayd_messages_received", "WebSocket messages received", ["app"], registry=r)
-        self.messages_out = Counter("relayd_messages_sent", "WebSocket messages sent", ["app"], registry=r)
-        self.bytes_in = Counter("relayd_received_bytes", "WebSocket payload bytes received", ["app"], registry=r)
-        self.bytes_out = Counter("relayd_sent_bytes", "WebSocket frame bytes sent", ["app"], registry=r)
         self.closes = Counter("relayd_closes", "WebSocket closes by close code", ["app", "code"], registry=r)
         self.protocol_errors = Counter(
             "relayd_protocol_errors", "Bad input from clients, by kind", ["app", "kind"], registry=r
@@ -60,26 +84,34 @@ class Metrics:
         )
         self._rooms = _RoomsCollector()
         r.register(self._rooms)
+        self._traffic = _TrafficCollector()
+        r.register(self._traffic)
 
     def count_rooms(self, app: str, count: Callable[[], int]) -> None:
         self._rooms.sources[app] = count
 
     def for_app(self, app: str) -> "AppMetrics":
-        return AppMetrics(self, app)
+        metrics = self._traffic.apps.get(app)
+        if metrics is None:
+            metrics = self._traffic.apps[app] = AppMetrics(self, app)
+        return metrics
 
 
 class AppMetrics:
-    """The labelled children one app uses, resolved once rather than per message."""
+    """
+    The labelled children one app uses, resolved once rather than per message, and its traffic
+    counts: plain integers the connections add to (the reactor thread is the only writer).
+    """
 
     def __init__(self, metrics: Metrics, app: str):
         self.parent = metrics
         self.app = app
         self.connections_open = metrics.connections_open.labels(app)
         self.connections = metrics.connections.labels(app)
-        self.messages_in = metrics.messages_in.labels(app)
-        self.messages_out = metrics.messages_out.labels(app)
-        self.bytes_in = metrics.bytes_in.labels(app)
-        self.bytes_out = metrics.bytes_out.labels(app)
+        self.messages_in = 0
+        self.messages_out = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
 
     def closed(self, code: int | None) -> None:
         self.parent.closes.labels(self.app, str(code if code is not None else 1006)).inc()

@@ -81,3 +81,30 @@ class TCPInternalsTests(TestCase):
         from autobahn.twisted.websocket import WebSocketAdapterProtocol
 
         self.assertIn("self._dataReceived(data)", inspect.getsource(WebSocketAdapterProtocol.dataReceived))
+
+
+class ConnectionSetupInternalsTests(TestCase):
+    def test_debug_formatting_is_lazy(self):
+        """Autobahn's protocol module formats with a module-level pformat, which relayd makes lazy but exact."""
+        import autobahn.websocket.protocol as p
+
+        from relayd.ws._autobahn import quiet_debug_formatting
+
+        self.assertIn("pformat(configAttrLog)", inspect.getsource(p.WebSocketProtocol._connectionMade))
+        quiet_debug_formatting()
+        lazy = p.pformat([("a", 1)])
+        self.assertEqual(f"{lazy}", "[('a', 1)]")
+        self.assertEqual(str(lazy), "[('a', 1)]")
+
+    def test_options_are_class_attributes(self):
+        """Autobahn copies an option onto a connection only where the connection lacks it; relayd's have all of them."""
+        import autobahn.websocket.protocol as p
+
+        from tests.support import Harness, make_config
+
+        self.assertIn("if not hasattr(self, configAttr)", inspect.getsource(p.WebSocketProtocol._connectionMade))
+        h = Harness(make_config("[app:testee]\nlisteners = main\npath = /echo\n")).start()
+        h.ws("/echo")
+        server = h.service.listeners["main"].tracker.websockets()[-1]
+        self.assertEqual(server.maxMessagePayloadSize, 64 * 1024)
+        self.assertFalse(set(server.CONFIG_ATTRS) & set(vars(server)))

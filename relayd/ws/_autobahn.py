@@ -7,6 +7,9 @@ that changes them fails loudly there instead of subtly in production.
 
 from __future__ import annotations
 
+from pprint import pformat
+
+import autobahn.websocket.protocol as _ab_protocol
 from txaio._common import _BatchedTimer
 
 
@@ -26,3 +29,43 @@ def batched_timer(clock, bucket_seconds: float = 0.2, chunk_size: int = 1000):
 
 def install_clock(factory, clock) -> None:
     factory._batched_timer = batched_timer(clock)
+
+
+class _LazyPformat(str):
+    """
+    What autobahn.websocket.protocol's pformat returns once quiet_debug_formatting ran: an empty str
+    that formats its argument only when a log line is really written. Autobahn pretty-prints its
+    whole option table on every connection and its transport details on every handshake for debug
+    lines that are dropped unless debug logging is on: without this, about 40% of handshake CPU.
+    """
+
+    def __str__(self) -> str:
+        return pformat(*self._args, **self._kwargs)
+
+    __repr__ = __str__
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+
+def _lazy_pformat(*args, **kwargs) -> str:
+    text = _LazyPformat()
+    text._args, text._kwargs = args, kwargs
+    return text
+
+
+def quiet_debug_formatting() -> None:
+    """Make Autobahn's debug-only pretty-printing lazy; idempotent."""
+    _ab_protocol.pformat = _lazy_pformat
+
+
+def protocol_with_options(protocol: type, factory) -> type:
+    """
+    A subclass of `protocol` carrying the factory's protocol options as class attributes.
+
+    Autobahn copies every option (CONFIG_ATTRS, about forty) from the factory onto each connection in
+    _connectionMade unless the connection already has it; as class attributes they are found there
+    and each connection's __dict__ stays forty entries smaller. Set after setProtocolOptions.
+    """
+    options = {name: getattr(factory, name) for name in protocol.CONFIG_ATTRS}
+    return type(protocol.__name__, (protocol,), {"__module__": protocol.__module__, "__qualname__": protocol.__qualname__, **options})

@@ -6,7 +6,8 @@ from autobahn.twisted.websocket import WebSocketServerFactory
 
 from relayd.config.model import Limits
 from relayd.metrics import AppMetrics
-from relayd.ws._autobahn import install_clock
+from relayd.ws.keepalive import Keepalive
+from relayd.ws._autobahn import install_clock, protocol_with_options, quiet_debug_formatting
 from relayd.ws.origin import OriginPolicy
 
 
@@ -38,10 +39,15 @@ class RelaydFactory(WebSocketServerFactory):
             maxFramePayloadSize=limits.max_frame_size,
             openHandshakeTimeout=limits.open_handshake_timeout,
             closeHandshakeTimeout=limits.close_handshake_timeout,
-            autoPingInterval=limits.auto_ping_interval,
-            autoPingTimeout=limits.auto_ping_timeout,
+            autoPingInterval=0,  # relayd.ws.keepalive: one timer for all connections
             trustXForwardedFor=limits.trust_x_forwarded_for,
             # send the close frame (1002, 1007, 1009) before dropping, so clients learn why
             failByDrop=False,
             webStatus=False,
         )
+        self.keepalive = (
+            Keepalive(reactor, limits.auto_ping_interval, limits.auto_ping_timeout or limits.auto_ping_interval)
+            if limits.auto_ping_interval else None
+        )
+        self.protocol = protocol_with_options(protocol, self)
+        quiet_debug_formatting()

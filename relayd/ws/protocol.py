@@ -32,6 +32,7 @@ from relayd.ws import closecodes
 from relayd.ws.frames import Frame
 from relayd.ws.ratelimit import TokenBucket
 from relayd.ws._writes import BATCH, write_now
+from relayd.ws.keepalive import PING
 
 _OPEN = WebSocketProtocol.STATE_OPEN
 
@@ -46,12 +47,15 @@ class RelaydProtocol(WebSocketServerProtocol):
     slot = None  # the listener's connection slot, handed over from the HTTP channel
     websocket_open = False
     request = None
+    heard = True  # anything read since keepalive last looked
+    keepalive_slot = None
 
     # ---- Autobahn entry points -------------------------------------------------------------
 
     def dataReceived(self, data):
         # Autobahn's dataReceived formats a debug log line per read, even with debug logging off;
         # frames this read produces for any receiver are written together once it is handled
+        self.heard = True
         BATCH.depth += 1
         try:
             self._dataReceived(data)
@@ -108,6 +112,8 @@ class RelaydProtocol(WebSocketServerProtocol):
             metrics.connections_open.inc()
             if self.slot is not None:
                 self.slot.websocket = self
+            if self.factory.keepalive is not None:
+                self.factory.keepalive.watch(self)
             self.opened()
         except ProtocolError as e:
             self._protocol_error(e)
@@ -117,8 +123,8 @@ class RelaydProtocol(WebSocketServerProtocol):
 
     def onMessage(self, payload, isBinary):
         metrics = self.factory.metrics
-        metrics.messages_in.inc()
-        metrics.bytes_in.inc(len(payload))
+        metrics.messages_in += 1
+        metrics.bytes_in += len(payload)
         if not self._bucket.take(self._clock.seconds()):
             metrics.protocol_error("rate_limited")
             self._log.info("{app}: {peer} exceeded the rate limit", app=self.factory.app_name, peer=self.peer)
@@ -146,6 +152,8 @@ class RelaydProtocol(WebSocketServerProtocol):
                 setattr(self, name, None)
         self._queue.clear()
         self._queued_bytes = 0
+        if self.factory.keepalive is not None:
+            self.factory.keepalive.forget(self)
         if self.slot is not None:
             self.slot.release()
         if not self.websocket_open:
@@ -203,8 +211,8 @@ class RelaydProtocol(WebSocketServerProtocol):
         if not BATCH.add(self, wire):
             self._write_wire(wire)
         metrics = self.factory.metrics
-        metrics.messages_out.inc()
-        metrics.bytes_out.inc(len(wire))
+        metrics.messages_out += 1
+        metrics.bytes_out += len(wire)
 
     def _write_wire(self, wire: bytes) -> None:
         if self.transport is None or self.state == WebSocketProtocol.STATE_CLOSED:
@@ -213,6 +221,24 @@ class RelaydProtocol(WebSocketServerProtocol):
             super().sendData(wire)  # Autobahn is writing chopped data: stay behind it
         else:
             write_now(self.transport, wire)
+
+    # ---- keepalive (relayd.ws.keepalive) -------------------------------------------------------
+
+    def keepalive_ping(self) -> bool:
+        """Ping a silent connection; False when it is not pinged (not open, or its writes are blocked)."""
+        if self.state != _OPEN or self._blocked or self._queue:
+            return False  # a reader that is not reading is the slow-consumer policy's to close
+        BATCH.flush_one(self)
+        self._write_wire(PING)
+        return True
+
+    def keepalive_expired(self) -> None:
+        if self.state != _OPEN:
+            return
+        self.factory.metrics.protocol_error("keepalive_timeout")
+        self._log.info("{app}: no answer to keepalive from {peer}; dropping it", app=self.factory.app_name, peer=self.peer)
+        self.wasNotCleanReason = "keepalive timeout"
+        self.dropConnection(abort=True)
 
     def pauseProducing(self):
         if not self._blocked:
