@@ -108,3 +108,18 @@ class ConnectionSetupInternalsTests(TestCase):
         server = h.service.listeners["main"].tracker.websockets()[-1]
         self.assertEqual(server.maxMessagePayloadSize, 64 * 1024)
         self.assertFalse(set(server.CONFIG_ATTRS) & set(vars(server)))
+
+
+class JSONTests(TestCase):
+    def test_fast_path_agrees_with_the_rules(self):
+        """orjson reads the common case; big integers, lone surrogates and non-JSON constants keep the strict rules."""
+        from relayd.jsonutil import BadJSON, dumps, loads
+
+        self.assertEqual(loads(b'{"a":[1,2.5,"\xc3\xa9",null,true]}'), {"a": [1, 2.5, "é", None, True]})
+        self.assertEqual(loads(b"123456789012345678901234567890"), 123456789012345678901234567890)
+        self.assertEqual(loads(b'"\\ud800"'), "\ud800")
+        for bad in (b"NaN", b"[1e400]", b'{"a":1', b"\xff", b"[" * 5000):
+            with self.assertRaises(BadJSON):
+                loads(bad)
+        self.assertEqual(dumps({"a": "é", 1: 2**70}), '{"a":"é","1":1180591620717411303424}'.encode())
+        self.assertEqual(dumps({"s": "\ud800"}), b'{"s":"\\ud800"}')
