@@ -402,6 +402,53 @@ def markdown(results: list[dict], servers: list[str]) -> str:
     return "\n\n".join(parts)
 
 
+def targets(results: list[dict]) -> str:
+    """The targets of the suite, each with the ratio measured in this run and whether it is met."""
+    by = {(r["scenario"], r["server"]): r for r in results}
+
+    def value(scenario, server, key):
+        return by.get((scenario, server), {}).get(key)
+
+    def ratio(scenario, key):
+        a, b = value(scenario, "relayd", key), value(scenario, "ws", key)
+        return a / b if a and b else None
+
+    rows = []
+
+    def row(target, measured, met):
+        rows.append([target, measured, "-" if met is None else ("met" if met else "**not met**")])
+
+    for scenario, goal, text in (("fan-out lockstep N=1000", 1.15, "Lock-step fan-out to 1000: >= 1.15x ws"),
+                                 ("fan-out many N=100", 5, "Many-in-flight fan-out to 100: >= 5x ws"),
+                                 ("fan-out many N=1000", 5, "Many-in-flight fan-out to 1000: >= 5x ws"),
+                                 ("fan-out many N=1", 0.5, "One-to-one relaying (one sender, one receiver): >= 0.5x ws")):
+        r = ratio(scenario, "deliveries_per_s")
+        row(text, f"{r:.2f}x" if r else "-", r >= goal if r else None)
+    lat = "latency 1000 x 50/s"
+    r = ratio(lat, "p99_ms")
+    row("Latency 1000 x 50/s: p99 <= ws p99", f"{r:.2f}x ({value(lat, 'relayd', 'p99_ms') or 0:.2f} ms vs "
+        f"{value(lat, 'ws', 'p99_ms') or 0:.2f} ms)" if r else "-", r <= 1 if r else None)
+    r = ratio(lat, "server_cpu_us_per_delivery")
+    row("Latency 1000 x 50/s: server CPU per delivery <= 0.8x ws", f"{r:.2f}x" if r else "-", r <= 0.8 if r else None)
+    conn = next((s for s, _ in by if s.startswith("connections")), None)
+    if conn:
+        r = ratio(conn, "handshakes_per_s")
+        row("Handshakes/s >= 0.9x ws", f"{r:.2f}x" if r else "-", r >= 0.9 if r else None)
+        r = ratio(conn, "rss_bytes_per_connection")
+        row("Resident memory per idle connection <= 1.25x ws", f"{r:.2f}x" if r else "-", r <= 1.25 if r else None)
+        idle = value(conn, "relayd", "idle_cpu_share")
+        row(f"{conn.split()[1]} idle connections with keepalive (every {KEEPALIVE} s): < 2% of a core",
+            f"{idle:.2%}" if idle is not None else "-", idle < 0.02 if idle is not None else None)
+    rooms = [r for r in results if r["scenario"].startswith("gameroom")]
+    if rooms:
+        held = max((r["rooms"] for r in rooms if gameroom_holds(r)), default=0)
+        row("Gameroom: >= 500 rooms of 4 players at 10 turns/s, tick lateness p99 < 10 ms",
+            f"{held} rooms held" + ("" if held else f" (the first step, {rooms[0]['rooms']}, did not)"), held >= 500)
+    return "## Targets\n\nRatios relayd / Node `ws` from this run. Where a target is not met, " \
+           "[docs/performance.md](../docs/performance.md) says where the time goes and what would close it.\n\n" + \
+           _table(["target", "measured", ""], rows)
+
+
 def machine() -> str:
     cpu = "unknown CPU"
     try:
@@ -414,6 +461,12 @@ def machine() -> str:
             f"Node {node}; server pinned to core 1, generator (bench/gen/wsgen.c) to core 0")
 
 
+def write_report(results: list[dict], servers: list[str]) -> None:
+    with open(os.path.join(BENCH, "results.md"), "w") as f:
+        f.write(f"# Benchmark results\n\nMachine: {machine()}.\n\nCommand: `bench/run`\n\n{targets(results)}\n\n"
+                f"{markdown(results, servers)}\n")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="a few seconds of each scenario, for the test suite")
@@ -422,7 +475,13 @@ def main(argv=None) -> int:
     parser.add_argument("--receivers", default="1,10,100,1000")
     parser.add_argument("--deliveries", type=int, default=1000000, help="deliveries per many-in-flight scenario")
     parser.add_argument("--out", default=OUT)
+    parser.add_argument("--report", metavar="JSONL", help="only write bench/results.md from an earlier run's results.jsonl")
     args = parser.parse_args(argv)
+    if args.report:
+        with open(args.report) as f:
+            results = [json.loads(line) for line in f if line.strip()]
+        write_report(results, sorted({r["server"] for r in results}, key=["relayd", "ws", "picows"].index))
+        return 0
     servers, only = args.servers.split(","), set(args.only.split(","))
     receivers = [int(n) for n in args.receivers.split(",")]
     deliveries = args.deliveries
@@ -467,13 +526,11 @@ def main(argv=None) -> int:
     with open(os.path.join(args.out, "results.jsonl"), "w") as f:
         for result in results:
             f.write(json.dumps(result) + "\n")
-    report = markdown(results, servers)
     failed = [r for r in results if r.get("error") or r.get("lost") or r.get("closed_early") or r.get("malformed")
               or r.get("errors") or r.get("game_errors")]
     if not args.smoke:
-        with open(os.path.join(BENCH, "results.md"), "w") as f:
-            f.write(f"# Benchmark results\n\nMachine: {machine()}.\n\nCommand: `bench/run`\n\n{report}\n")
-    print(report)
+        write_report(results, servers)
+    print(markdown(results, servers))
     for r in failed:
         print("incomplete:", json.dumps(r))
     return 1 if failed else 0

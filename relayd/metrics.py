@@ -80,7 +80,7 @@ class Metrics:
         self.tick_errors = Counter("relayd_tick_errors", "Errors caught in scheduled ticks", ["app"], registry=r)
         self.tick_lateness = Histogram(
             "relayd_tick_lateness_seconds", "How late scheduler ticks ran", ["app"], registry=r,
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            buckets=(0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
         )
         self._rooms = _RoomsCollector()
         r.register(self._rooms)
