@@ -108,6 +108,19 @@ class ConnectionSetupInternalsTests(TestCase):
         server = h.service.listeners["main"].tracker.websockets()[-1]
         self.assertEqual(server.maxMessagePayloadSize, 64 * 1024)
         self.assertFalse(set(server.CONFIG_ATTRS) & set(vars(server)))
+        # callables stay plain functions, not methods bound to the connection
+        self.assertIs(server.perMessageCompressionAccept, server.factory.perMessageCompressionAccept)
+
+    def test_browser_offering_compression_connects(self):
+        """A client offering permessage-deflate, as every browser does, still gets its connection (no compression)."""
+        from tests.support import Harness, make_config
+
+        h = Harness(make_config("[app:testee]\nlisteners = main\npath = /echo\n")).start()
+        c = h.ws("/echo", headers={"Sec-WebSocket-Extensions": "permessage-deflate; client_max_window_bits"})
+        self.assertTrue(c.opened)
+        c.send_text("hi")
+        h.flush()
+        self.assertEqual(c.messages, ["hi"])
 
 
 class JSONTests(TestCase):

@@ -67,5 +67,8 @@ def protocol_with_options(protocol: type, factory) -> type:
     _connectionMade unless the connection already has it; as class attributes they are found there
     and each connection's __dict__ stays forty entries smaller. Set after setProtocolOptions.
     """
-    options = {name: getattr(factory, name) for name in protocol.CONFIG_ATTRS}
+    # a function stored as a class attribute would become a method; options such as
+    # perMessageCompressionAccept are plain callables and must stay so
+    options = {name: staticmethod(value) if callable(value) else value
+               for name in protocol.CONFIG_ATTRS for value in (getattr(factory, name),)}
     return type(protocol.__name__, (protocol,), {"__module__": protocol.__module__, "__qualname__": protocol.__qualname__, **options})
