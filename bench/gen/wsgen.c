@@ -49,7 +49,6 @@ typedef struct {
     char *out;
     size_t out_len, out_cap;
     long count;
-    double started;
     int watching_out;
     const char *path;
 } Conn;
@@ -63,7 +62,6 @@ static struct {
 
 static int ep;
 static Conn **conns;
-static int nconns;
 static char code[32];
 static long turns, started_players, game_errors;
 static long delivered, malformed, closed_early, errors, handshakes, cycles;
@@ -164,7 +162,6 @@ static Conn *open_conn(int index) {
     if (connect(c->fd, (struct sockaddr *)&a, sizeof a) < 0 && errno != EINPROGRESS) die("connect");
     c->state = CONNECTING;
     c->watching_out = 1;
-    c->started = now();
     struct epoll_event e = {.events = EPOLLIN | EPOLLOUT, .data.ptr = c};
     epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &e);
     return c;
@@ -404,7 +401,7 @@ static int run(double seconds, int *until) {
     double end = seconds < 0 ? 1e18 : now() + seconds;
     while (now() < end && !(until && *until)) {
         int timeout = 50;
-        if (!strcmp(cfg.mode, "rate") && recording >= 0 && sender && started) timeout = 1;
+        if (!strcmp(cfg.mode, "rate") && started) timeout = 1;
         int n = epoll_wait(ep, events, 512, timeout);
         for (int i = 0; i < n; i++) {
             Conn *c = events[i].data.ptr;
@@ -453,7 +450,7 @@ static double percentile(double q) {
     return HIST_US / 1000.0;
 }
 
-static void open_all(int first, int last, int *all_up) {
+static void open_all(int first, int last) {
     for (int i = first; i <= last;) {
         if (pending_upgrades < cfg.concurrency) {
             conns[i] = open_conn(i);
@@ -464,7 +461,6 @@ static void open_all(int first, int last, int *all_up) {
         }
     }
     while (pending_upgrades > 0) run(0.01, NULL);
-    *all_up = 1;
 }
 
 static int gameroom(void) {
@@ -544,12 +540,10 @@ int main(int argc, char **argv) {
     if (!strcmp(cfg.mode, "gameroom")) return gameroom();
     int phones = !strcmp(cfg.mode, "connect") ? cfg.connections : !strcmp(cfg.mode, "churn") ? cfg.concurrency : cfg.receivers;
     conns = calloc(phones + 1, sizeof *conns);
-    nconns = phones + 1;
-    int up = 0;
     /* the game server first, alone, so that phones find it */
     int saved = cfg.concurrency;
     cfg.concurrency = 1;
-    open_all(0, 0, &up);
+    open_all(0, 0);
     cfg.concurrency = saved;
     sender = conns[0];
     if (sender->state != OPEN) die("the game server did not connect");
@@ -563,8 +557,7 @@ int main(int argc, char **argv) {
         t0 = now();
         handshakes = 0;
         if (!strcmp(cfg.mode, "connect")) {
-            up = 0;
-            open_all(1, phones, &up);
+            open_all(1, phones);
             open_seconds = now() - t0;
             run(0.5, NULL); /* logins land */
             printf("OPEN\n");
@@ -576,8 +569,7 @@ int main(int argc, char **argv) {
             open_seconds = now() - t0;
         }
     } else {
-        up = 0;
-        open_all(1, phones, &up);
+        open_all(1, phones);
         run(0.3 + phones / 1000.0, NULL);
         hist = calloc(HIST_US, sizeof *hist);
         total = cfg.messages * cfg.receivers;
