@@ -53,15 +53,31 @@ class _Subscription:
 
 @implementer(IBus)
 class MemoryBus:
-    """Channels are dicts of subscriptions in subscription order; an empty channel is removed at once."""
+    """
+    Channels are dicts of subscriptions in subscription order; an empty channel is removed at once.
+    A backplane hears of a channel's first subscriber and of its last leaving through on_open and
+    on_close, to subscribe this node to the channel elsewhere only while someone here listens.
+    """
 
-    def __init__(self) -> None:
+    def __init__(
+        self, on_open: Callable[[str], None] | None = None, on_close: Callable[[str], None] | None = None
+    ) -> None:
         self._channels: dict[str, dict[_Subscription, None]] = {}
+        self._on_open = on_open
+        self._on_close = on_close
 
     def subscribe(self, channel: str, receiver: Receiver) -> _Subscription:
         subscription = _Subscription(self, channel, receiver)
-        self._channels.setdefault(channel, {})[subscription] = None
+        members = self._channels.get(channel)
+        if members is None:
+            members = self._channels[channel] = {}
+            if self._on_open is not None:
+                self._on_open(channel)
+        members[subscription] = None
         return subscription
+
+    def channels(self) -> list[str]:
+        return list(self._channels)
 
     def _remove(self, subscription: _Subscription) -> None:
         members = self._channels.get(subscription.channel)
@@ -69,6 +85,8 @@ class MemoryBus:
             members.pop(subscription, None)
             if not members:
                 del self._channels[subscription.channel]
+                if self._on_close is not None:
+                    self._on_close(subscription.channel)
 
     def publish(self, channel: str, message: Any) -> int:
         members = self._channels.get(channel)

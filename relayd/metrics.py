@@ -82,6 +82,14 @@ class Metrics:
             "relayd_tick_lateness_seconds", "How late scheduler ticks ran", ["app"], registry=r,
             buckets=(0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
         )
+        self.bus_up = Gauge("relayd_bus_up", "1 while the bus reaches every node (always 1 in memory)", registry=r)
+        self.bus_up.set(1)
+        self.bus_published = Counter("relayd_bus_published", "Messages this node sent to other nodes", registry=r)
+        self.bus_received = Counter("relayd_bus_received", "Messages this node received from other nodes", registry=r)
+        self.bus_dropped = Counter(
+            "relayd_bus_dropped", "Messages that never reached other nodes, by reason", ["reason"], registry=r
+        )
+        self.bus_queued = Gauge("relayd_bus_queued", "Messages waiting for the backplane connection", registry=r)
         self._rooms = _RoomsCollector()
         r.register(self._rooms)
         self._traffic = _TrafficCollector()

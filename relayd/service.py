@@ -41,7 +41,8 @@ class RelaydService(MultiService):
         self.config = config
         self.reactor = reactor
         self.metrics = metrics if metrics is not None else Metrics()
-        self.bus = bus if bus is not None else MemoryBus()
+        self.cluster = None
+        self.bus = bus if bus is not None else self._open_bus()
         self.handle_signals = handle_signals
         self.ready = False
         self.draining = False
@@ -54,7 +55,7 @@ class RelaydService(MultiService):
             self.listeners[name] = listener
             if listener_config.health:
                 listener.router.mount("/healthz", Health())
-                listener.router.mount("/readyz", Readiness(lambda: self.ready))
+                listener.router.mount("/readyz", Readiness(self.problems))
             if listener_config.metrics:
                 listener.router.mount("/metrics", MetricsPage(self.metrics.registry))
         self.apps = {}
@@ -62,7 +63,7 @@ class RelaydService(MultiService):
             app_metrics = self.metrics.for_app(name)
             ctx = AppContext(
                 name=name, config=app_config, reactor=reactor, bus=self.bus, store=self.store,
-                metrics=app_metrics, state_dir=self.state_dir,
+                metrics=app_metrics, state_dir=self.state_dir, cluster=self.cluster,
             )
             app = APPS[name].build(ctx)
             self.apps[name] = app
@@ -79,6 +80,35 @@ class RelaydService(MultiService):
                     app_config.path, AppMount(factory, app.http_resource(), app.accepts_websocket_path, self, demo)
                 )
         self.metrics.ready.set(0)
+
+    def _open_bus(self):
+        bus_config = self.config.bus
+        if bus_config.backend == "memory":
+            return MemoryBus()
+        from relayd.backplane.redisbus import RedisBus
+
+        bus = RedisBus(
+            bus_config.redis, clock=self.reactor, metrics=self.metrics, prefix=bus_config.prefix,
+            queue_limit=bus_config.queue_limit, max_backoff=bus_config.max_backoff,
+        )
+        # child services: they connect when relayd starts and disconnect once drained (the cluster,
+        # added last, stops first and removes this node's presence while Redis is still connected)
+        bus.setServiceParent(self)
+        from relayd.backplane.cluster import Cluster
+
+        self.cluster = Cluster(bus, clock=self.reactor, node_timeout=bus_config.node_timeout)
+        self.cluster.setServiceParent(self)
+        return bus
+
+    def problems(self) -> list[str]:
+        """Why this node should not get new work now; empty while it is ready."""
+        found = []
+        if not self.ready:
+            found.append("draining" if self.draining else "starting")
+        bus_problems = getattr(self.bus, "problems", None)
+        if bus_problems is not None:
+            found.extend(bus_problems())
+        return found
 
     def _open_store(self):
         path = self.config.daemon.store or os.path.join(self.state_dir, "relayd.sqlite3")

@@ -32,6 +32,7 @@ class AppContext:
     store: IStore
     metrics: AppMetrics
     state_dir: str
+    cluster: Any = None  # relayd.backplane.cluster.Cluster with [bus] backend = redis, else None
 
     @property
     def options(self) -> Mapping[str, Any]:
@@ -54,6 +55,7 @@ class App:
         self.store = ctx.store
         self.metrics = ctx.metrics
         self.options = ctx.options
+        self.cluster = ctx.cluster
 
     def http_resource(self) -> Resource | None:
         """HTTP endpoints under the mount path, or None."""
@@ -85,3 +87,4 @@ class AppSpec:
     limit_defaults: Mapping[str, Any] = attr.Factory(dict)
     validate: Callable[[Mapping[str, Any]], None] = _no_validation
     doc: str = ""
+    clustered: bool = False  # its state is shared through ctx.cluster, so it may run with [bus] backend = redis

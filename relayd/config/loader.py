@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import configparser
+import os
 from typing import Any
 
 import attr
 
+from relayd.backplane.target import BadRedisURL, parse_redis_url
 from relayd.config.endpoint import parse_endpoint
 from relayd.config.model import (
     APP_COMMON_OPTIONS,
@@ -83,7 +85,7 @@ def from_parser(path: str, parser: configparser.ConfigParser) -> Config:
     daemon = DaemonConfig(**parse_section(path, "relayd", daemon_values, DAEMON_OPTIONS))
     limits_dict = parse_section(path, "limits", limit_values, LIMIT_OPTIONS)
     limits = Limits(**limits_dict)
-    bus = BusConfig(**parse_section(path, "bus", bus_values, BUS_OPTIONS))
+    bus = _bus_config(path, parse_section(path, "bus", bus_values, BUS_OPTIONS))
 
     listeners: dict[str, ListenerConfig] = {}
     for name, values in listener_sections.items():
@@ -116,6 +118,13 @@ def from_parser(path: str, parser: configparser.ConfigParser) -> Config:
         spec = APPS.get(name)
         if spec is None:
             raise ConfigError(path, section, None, f"unknown app (known apps: {', '.join(sorted(APPS))})")
+        if bus.backend == "redis" and not spec.clustered:
+            # refusing beats a split brain: this app's rooms would silently differ per node
+            raise ConfigError(
+                path, section, None,
+                "does not share its state across nodes yet, so it cannot run with [bus] backend = redis "
+                "(docs/scaling.md); run it on a node of its own with backend = memory",
+            )
         # an app's own default (carparty's larger frames) yields to a value the operator set in [limits]
         app_limit_defaults = {
             key: limits_dict[key] if key in limit_values else spec.limit_defaults.get(key, limits_dict[key])
@@ -165,3 +174,19 @@ def from_parser(path: str, parser: configparser.ConfigParser) -> Config:
         raise ConfigError(path, None, None, "no [listener:NAME] section: relayd would listen nowhere")
     return Config(path=path, daemon=daemon, limits=limits, listeners=listeners, apps=apps, bus=bus)
 
+
+
+def _bus_config(path: str, opts: dict) -> BusConfig:
+    if opts["backend"] != "redis":
+        if opts["url"]:
+            raise ConfigError(path, "bus", "url", "applies only to backend = redis")
+        return BusConfig(**opts)
+    if not opts["url"]:
+        raise ConfigError(path, "bus", "url", "backend = redis needs the url of the Redis server")
+    try:
+        target = parse_redis_url(opts["url"])
+    except BadRedisURL as e:
+        raise ConfigError(path, "bus", "url", str(e)) from None
+    if target.ca is not None and not os.path.isfile(target.ca):
+        raise ConfigError(path, "bus", "url", f"the CA file {target.ca} does not exist")
+    return BusConfig(**opts, redis=target)

@@ -55,7 +55,12 @@ LISTENER_OPTIONS: dict[str, Option] = {
 }
 
 BUS_OPTIONS: dict[str, Option] = {
-    "backend": Option(choice("memory"), "memory", "Where fan-out happens: memory (one process)."),
+    "backend": Option(choice("memory", "redis"), "memory", "Where fan-out happens: memory (one process) or redis (many nodes)."),
+    "url": Option(text, "", "redis:// or rediss:// URL of the Redis every node shares (password in the URL; ?ca=FILE for a private CA)."),
+    "prefix": Option(nonempty, "relayd", "Prefix of every Redis key and channel, so several clusters can share one Redis."),
+    "queue_limit": Option(integer(1), 10000, "Messages that wait for Redis while it is away or behind; beyond, the oldest are dropped (counted)."),
+    "max_backoff": Option(number(0.1, 300), 5.0, "Longest wait in seconds between attempts to reach Redis again."),
+    "node_timeout": Option(number(1, 3600), 10.0, "Seconds after which a node that stopped renewing its presence in Redis counts as dead."),
 }
 
 APP_COMMON_OPTIONS: dict[str, Option] = {
@@ -120,6 +125,12 @@ class AppConfig:
 @attr.s(frozen=True, auto_attribs=True)
 class BusConfig:
     backend: str = "memory"
+    url: str = ""
+    prefix: str = "relayd"
+    queue_limit: int = 10000
+    max_backoff: float = 5.0
+    node_timeout: float = 10.0
+    redis: Any = None  # the parsed url, a relayd.backplane.target.RedisTarget, with backend = redis
 
 
 @attr.s(frozen=True, auto_attribs=True)

@@ -97,21 +97,22 @@ class Health(Resource):
 
 
 class Readiness(Resource):
-    """200 while the daemon takes new work; 503 while starting or draining."""
+    """200 while the daemon takes new work; 503, with one line per reason, while starting, draining or cut off from its bus."""
 
     isLeaf = True
 
-    def __init__(self, is_ready: Callable[[], bool]):
+    def __init__(self, problems: Callable[[], list[str]]):
         super().__init__()
-        self.is_ready = is_ready
+        self.problems = problems
 
     def render_GET(self, request):
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         request.setHeader(b"cache-control", b"no-store")
-        if self.is_ready():
+        problems = self.problems()
+        if not problems:
             return b"ready\n"
         request.setResponseCode(503)
-        return b"not ready\n"
+        return "".join(["not ready\n"] + [f"{p}\n" for p in problems]).encode("utf-8")
 
     render_HEAD = render_GET
 

@@ -1,0 +1,108 @@
+"""
+This node's place in a cluster: its id, its presence in Redis, and Redis commands for the state
+the apps share (rosters, leases).
+
+A node is alive while its presence key `<prefix>:node:<id>` exists: it is written every third of
+`node_timeout` and expires after `node_timeout`, so a node that dies (or loses Redis) is counted
+dead by the others within that time, and what it held can be cleaned up or taken over.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from relayd.backplane.redisbus import RedisBus
+
+_log = Logger()
+
+
+class Unavailable(Exception):
+    """Redis cannot be reached now; the caller answers its client 'try again later'."""
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
+class Cluster(Service):
+    def __init__(self, bus: RedisBus, *, clock, node_timeout: float = 10.0):
+        self.bus = bus
+        self.clock = clock
+        self.node_timeout = node_timeout
+        self.node_id = bus.node_id.decode("ascii")
+        self.prefix = bus.prefix.rsplit(":bus:", 1)[0]
+        self._reconnected: list[Callable[[], None]] = []
+        self._heartbeat = LoopingCall(self._beat)
+        self._heartbeat.clock = clock
+        bus.publisher_listeners.append(self._publisher_up)
+
+    def key(self, *parts: str) -> str:
+        return ":".join((self.prefix,) + parts)
+
+    def node_key(self, node_id: str) -> str:
+        return self.key("node", node_id)
+
+    @property
+    def up(self) -> bool:
+        return self.bus.publisher.up
+
+    def call(self, *command) -> defer.Deferred:
+        """Run one Redis command on the publishing connection (so it is ordered with publishes)."""
+        proto = self.bus.publisher.protocol
+        if proto is None:
+            return defer.fail(Unavailable("redis is unreachable"))
+        return defer.maybeDeferred(proto.execute_command, *command).addErrback(self._unavailable)
+
+    def eval(self, script: bytes, keys: list, args: list) -> defer.Deferred:
+        proto = self.bus.publisher.protocol
+        if proto is None:
+            return defer.fail(Unavailable("redis is unreachable"))
+        return defer.maybeDeferred(proto.eval, script, keys, args).addErrback(self._unavailable)
+
+    @staticmethod
+    def _unavailable(failure):
+        from txredisapi import ConnectionError as RedisConnectionError
+
+        if failure.check(RedisConnectionError):
+            raise Unavailable(failure.getErrorMessage())
+        return failure
+
+    def when_reconnected(self, callback: Callable[[], None]) -> None:
+        """callback() after every (re)connection of the publishing connection: state may need writing again."""
+        self._reconnected.append(callback)
+
+    def _publisher_up(self) -> None:
+        self._beat()
+        for callback in list(self._reconnected):
+            try:
+                callback()
+            except Exception:
+                _log.failure("cluster: re-announcing state after a reconnect failed")
+
+    def _beat(self) -> None:
+        if not self.up:
+            return
+        self.call("SET", self.node_key(self.node_id), b"1", "PX", _ms(self.node_timeout)).addErrback(
+            lambda f: _log.warn("cluster: presence not renewed: {why}", why=f.getErrorMessage())
+        )
+
+    def startService(self):
+        super().startService()
+        # the errback keeps a tick that raises from stopping the LoopingCall for good
+        self._heartbeat.start(self.node_timeout / 3, now=True).addErrback(
+            lambda f: _log.failure("cluster: heartbeat stopped", f)
+        )
+
+    def stopService(self):
+        super().stopService()
+        if self._heartbeat.running:
+            self._heartbeat.stop()
+        if self.up:
+            # leaving on purpose: the others need not wait node_timeout to see it gone
+            return self.call("DEL", self.node_key(self.node_id)).addErrback(lambda f: None)
+        return None

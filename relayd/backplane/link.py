@@ -1,0 +1,115 @@
+"""
+One connection to Redis that stays up: ClientService reconnects with exponential backoff, and a
+connection counts as up only once txredisapi has authenticated and selected the database.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Callable
+
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.service import Service
+from twisted.internet import defer, protocol
+from twisted.logger import Logger
+
+from relayd.backplane.target import RedisTarget
+
+_log = Logger()
+
+
+class _LinkFactory(protocol.Factory):
+    """What txredisapi's protocols expect of their factory, minus its global-reactor pool."""
+
+    noisy = False
+    isLazy = True
+
+    def __init__(self, link: "RedisLink"):
+        self.link = link
+
+    def buildProtocol(self, addr):
+        target = self.link.target
+        proto = self.link.protocol_class(
+            charset=None, replyTimeout=self.link.reply_timeout, password=target.password,
+            dbid=target.db, convertNumbers=False, username=target.username,
+        )
+        proto.callLater = self.link.clock.callLater
+        proto.factory = self
+        return proto
+
+    def stopTrying(self):
+        # txredisapi gives up on a refused AUTH or SELECT; a daemon keeps trying with backoff, so
+        # fixing the credentials on the Redis side needs no restart
+        pass
+
+    def connectionError(self, why):
+        _log.error("redis {link} refused the connection: {why}", link=self.link.name, why=why)
+
+
+class RedisLink(Service):
+    def __init__(
+        self, target: RedisTarget, *, clock, name: str, protocol_class,
+        on_up: Callable[[object], None], on_down: Callable[[], None],
+        reply_timeout: float | None = 5.0, max_backoff: float = 5.0,
+    ):
+        self.target = target
+        self.clock = clock
+        self.name = name
+        self.protocol_class = protocol_class
+        self.reply_timeout = reply_timeout
+        self.on_up = on_up
+        self.on_down = on_down
+        self.protocol = None
+        self.attempts = 0
+        self._client = ClientService(
+            target.endpoint(clock), _LinkFactory(self), clock=clock,
+            # backoffPolicy's default jitter adds up to a whole second, more than a short max_backoff
+            retryPolicy=backoffPolicy(
+                initialDelay=min(0.2, max_backoff), maxDelay=max_backoff, factor=2.0,
+                jitter=lambda: random.uniform(0, max_backoff / 10),
+            ),
+            prepareConnection=self._prepare,
+        )
+
+    @property
+    def up(self) -> bool:
+        return self.protocol is not None
+
+    def _prepare(self, proto):
+        self.attempts += 1
+        ready: defer.Deferred = defer.Deferred()
+
+        def connected(p):
+            if not ready.called:
+                ready.callback(p)
+
+        def lost(inner):
+            # proto is ClientService's proxy; the Redis protocol itself is what _ready kept
+            if self.protocol is inner:
+                self.protocol = None
+                _log.warn("redis {link} connection lost; reconnecting", link=self.name)
+                self.on_down()
+            if not ready.called:
+                ready.errback(ConnectionError("lost before it was ready"))
+
+        proto.whenDisconnected().addCallback(lost)
+        proto.whenConnected().addCallback(connected)
+        return ready.addCallback(self._ready)
+
+    def _ready(self, proto):
+        self.protocol = proto
+        _log.info("redis {link} connected to {url}", link=self.name, url=self.target.describe())
+        try:
+            self.on_up(proto)
+        except Exception:
+            _log.failure("redis {link}: handling the new connection failed", link=self.name)
+        return proto
+
+    def startService(self):
+        super().startService()
+        self._client.startService()
+
+    def stopService(self):
+        super().stopService()
+        self.protocol = None
+        return self._client.stopService()
