@@ -26,4 +26,5 @@ SPEC = AppSpec(
     # the original waited 20 s for a pong; its clients' messages are small, so the 64 KiB default stays
     limit_defaults={"auto_ping_timeout": 20.0},
     validate=_validate,
+    clustered=True,
 )

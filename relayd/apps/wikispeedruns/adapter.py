@@ -28,6 +28,9 @@ HTTP, for the main site's server (bearer token `trigger_token` from the config):
   POST <mount>/leaderboard_update   {"lobby_id": L, "prompt_id": P}  -> 200 {"delivered": n}
   POST <mount>/lobby_prompts_update {"lobby_id": L}                  -> 200 {"delivered": n}
 Wrong or missing token: 401 and nothing delivered.
+
+With [bus] backend = redis a group spans nodes (relayd.apps.wikispeedruns.cluster); a wait_start the
+node cannot write to Redis closes 1013 "lobby service unavailable, try again".
 """
 
 from __future__ import annotations
@@ -36,8 +39,11 @@ from twisted.web.resource import Resource
 
 from relayd import jsonutil
 from relayd.apps.base import App
+from relayd.apps.wikispeedruns.cluster import RedisRoster, RosterKeeper
 from relayd.apps.wikispeedruns.core import TokenVerifier, WikiSpeedruns, parse
+from relayd.backplane.cluster import Unavailable
 from relayd.errors import ProtocolError
+from relayd.ws import closecodes
 from relayd.ws.frames import Frame
 from relayd.web.endpoint import JSONEndpoint
 from relayd.ws.protocol import RelaydProtocol
@@ -47,6 +53,7 @@ class WikiSpeedrunsProtocol(RelaydProtocol):
     waiter = None
     subscription = None
     channel = None
+    start_pending = False  # a start that arrived while the join was still on its way to the roster
 
     def send(self, frame: Frame) -> None:
         self.send_frame(frame)
@@ -59,6 +66,8 @@ class WikiSpeedrunsProtocol(RelaydProtocol):
             self._first(core, message, kind)
         elif self.role == "wait" and kind == "start":
             core.start(self.waiter, self.factory.reactor.seconds())
+        elif self.role == "joining" and kind == "start":
+            self.start_pending = True
         elif self.role == "lobby_prompts" and kind == "lobby_prompts_update":
             core.refresh(self.channel)
         else:
@@ -66,8 +75,9 @@ class WikiSpeedrunsProtocol(RelaydProtocol):
 
     def _first(self, core: WikiSpeedruns, message: dict, kind: str) -> None:
         if kind == "wait_start":
-            self.waiter = core.wait_start(message, self.send, self.factory.reactor.seconds())
-            self.role = "wait"
+            self.role = "joining"
+            core.wait_start(message, self.send, self.factory.reactor.seconds()).addCallbacks(
+                self._joined, self._join_failed)
         elif kind == "leaderboard":
             self.subscription = core.subscribe(core.leaderboard_channel(message), self.send)
             self.role = "leaderboard"
@@ -82,6 +92,32 @@ class WikiSpeedrunsProtocol(RelaydProtocol):
         else:
             raise ProtocolError("invalid_message_type", "invalid message type", close=True, code=1000)
 
+    def _joined(self, waiter) -> None:
+        if self.state != self.STATE_OPEN:
+            # closed while joining: leave the group the join has just put it in
+            self.factory.app.core.leave(waiter).addErrback(self._leave_failed)
+            return
+        self.waiter, self.role = waiter, "wait"
+        if self.start_pending:
+            self.start_pending = False
+            try:
+                self.factory.app.core.start(waiter, self.factory.reactor.seconds())
+            except ProtocolError as e:
+                self._protocol_error(e)
+
+    def _join_failed(self, failure) -> None:
+        if failure.check(ProtocolError):
+            self._protocol_error(failure.value)
+        elif failure.check(Unavailable):
+            self._protocol_error(ProtocolError(
+                "unavailable", "lobby service unavailable, try again", close=True, code=closecodes.TRY_AGAIN_LATER))
+        else:
+            self._log.failure("wikispeedruns: joining a group failed", failure)
+            self._internal_error()
+
+    def _leave_failed(self, failure) -> None:
+        self._log.failure("wikispeedruns: leaving a group failed", failure)
+
     def report(self, error: ProtocolError) -> None:
         if error.close:
             self.close(error.code, error.message)
@@ -90,7 +126,7 @@ class WikiSpeedrunsProtocol(RelaydProtocol):
 
     def closed(self) -> None:
         if self.waiter is not None:
-            self.factory.app.core.leave(self.waiter)
+            self.factory.app.core.leave(self.waiter).addErrback(self._leave_failed)
             self.waiter = None
         if self.subscription is not None:
             self.subscription.cancel()
@@ -128,7 +164,22 @@ class WikiSpeedrunsApp(App):
     def __init__(self, ctx):
         super().__init__(ctx)
         secret = self.options["secret"]
-        self.core = WikiSpeedruns(self.bus, TokenVerifier(secret.encode()) if secret else None)
+        verifier = TokenVerifier(secret.encode()) if secret else None
+        self.keeper = None
+        if self.cluster is None:
+            self.core = WikiSpeedruns(self.bus, verifier)
+        else:
+            roster = RedisRoster(self.cluster, ttl=max(60.0, 3 * self.cluster.node_timeout))
+            self.core = WikiSpeedruns(self.bus, verifier, roster)
+            self.keeper = RosterKeeper(self.core, roster, self.cluster, clock=self.reactor)
+
+    def start(self):
+        if self.keeper is not None:
+            self.keeper.startService()
+
+    def stop(self):
+        if self.keeper is not None:
+            self.keeper.stopService()
 
     def http_resource(self):
         root = Resource()

@@ -12,11 +12,16 @@ import base64
 import hashlib
 import hmac
 import json
+import secrets
+import struct
 from typing import Any, Callable
 
 import attr
+from twisted.internet import defer
 
 from relayd import jsonutil
+from relayd.apps.wikispeedruns.roster import IRoster, MemoryRoster, Roster
+from relayd.backplane import codec
 from relayd.bus import IBus
 from relayd.errors import ProtocolError
 from relayd.ws.frames import Frame
@@ -100,47 +105,85 @@ class TokenVerifier:
         return parsed
 
 
+class RosterUpdate:
+    """A group's names as one bus message: its version lets each node drop an update older than one it has seen."""
+
+    __slots__ = ("version", "frame")
+
+    def __init__(self, version: int, frame: Frame):
+        self.version = version
+        self.frame = frame
+
+    @classmethod
+    def of(cls, roster: Roster) -> "RosterUpdate":
+        return cls(roster.version, Frame.json({"type": "update", "users": list(roster.names)}))
+
+    def to_bus(self) -> bytes:
+        return struct.pack("!Q", self.version) + self.frame.payload
+
+    @classmethod
+    def from_bus(cls, data: bytes) -> "RosterUpdate":
+        if len(data) < 8:
+            raise ValueError("a roster update needs its 8-byte version")
+        return cls(struct.unpack("!Q", data[:8])[0], Frame(data[8:]))
+
+
+codec.register(b"w", RosterUpdate, RosterUpdate.to_bus, RosterUpdate.from_bus)
+
+
 class Waiter:
-    """One connection waiting in a lobby prompt group."""
+    """One connection waiting in a lobby prompt group; it hears the group once its join is done."""
 
-    __slots__ = ("group", "name", "subscription", "host", "token_exp")
+    __slots__ = ("group", "member", "name", "receiver", "host", "token_exp")
 
-    def __init__(self, group: "Group", name: str, subscription, host: bool, token_exp: float | None):
+    def __init__(self, group: "Group", member: str, receiver: Callable[[Frame], None], host: bool, token_exp):
         self.group = group
-        self.name = name
-        self.subscription = subscription
+        self.member = member
+        self.name: str | None = None
+        self.receiver = receiver
         self.host = host
         self.token_exp = token_exp
 
 
 class Group:
-    __slots__ = ("key", "channel", "waiters")
+    """The waiters of one group on this node, and the one bus subscription that feeds them."""
+
+    __slots__ = ("key", "channel", "waiters", "subscription", "version", "last_update")
 
     def __init__(self, key: str):
         self.key = key
         self.channel = "wikispeedruns:wait:" + key
         self.waiters: list[Waiter] = []
+        self.subscription = None
+        self.version = 0
+        self.last_update: Frame | None = None
 
-    def names(self) -> list[str]:
-        return [w.name for w in self.waiters]
-
-    def unique_name(self, wanted: str) -> str:
-        taken = set(self.names())
-        name = wanted
-        while name in taken:
-            name = "also " + name
-        return name
+    def deliver(self, message) -> None:
+        if isinstance(message, RosterUpdate):
+            if message.version <= self.version:
+                return
+            self.version = message.version
+            self.last_update = frame = message.frame
+        else:
+            frame = message
+        for waiter in list(self.waiters):
+            if waiter.name is not None:
+                waiter.receiver(frame)
 
 
 class WikiSpeedruns:
-    def __init__(self, bus: IBus, verifier: TokenVerifier | None = None):
+    def __init__(self, bus: IBus, verifier: TokenVerifier | None = None, roster: IRoster | None = None,
+                 new_member: Callable[[], str] | None = None):
         self.bus = bus
         self.verifier = verifier
+        self.roster = roster if roster is not None else MemoryRoster()
         self.groups: dict[str, Group] = {}
+        self._new_member = new_member or (lambda: secrets.token_hex(8))
 
     # ---- lobby prompt start ------------------------------------------------------------------
 
-    def wait_start(self, message: dict, receiver: Callable[[Frame], None], now: float) -> Waiter:
+    def wait_start(self, message: dict, receiver: Callable[[Frame], None], now: float) -> defer.Deferred:
+        """Fires with the Waiter once it is in the group (and it and the group have the new names)."""
         user = message.get("user")
         if not isinstance(user, str):
             raise _bad("wait_start needs user as a string")
@@ -155,11 +198,26 @@ class WikiSpeedruns:
         group = self.groups.get(key)
         if group is None:
             group = self.groups[key] = Group(key)
-        waiter = Waiter(group, group.unique_name(user), None, host, token_exp)
-        waiter.subscription = self.bus.subscribe(group.channel, receiver)
+            group.subscription = self.bus.subscribe(group.channel, group.deliver)
+        waiter = Waiter(group, self._new_member(), receiver, host, token_exp)
         group.waiters.append(waiter)
-        self._publish_update(group)
-        return waiter
+
+        def joined(result):
+            name, roster = result
+            waiter.name = name
+            update = RosterUpdate.of(roster)
+            if update.version > group.version:
+                self.bus.publish(group.channel, update)
+            elif group.last_update is not None:
+                # a newer roster (which has this waiter in it) arrived before the join's answer
+                receiver(group.last_update)
+            return waiter
+
+        def failed(failure):
+            self._forget(waiter)
+            return failure
+
+        return self.roster.join(key, waiter.member, user).addCallbacks(joined, failed)
 
     def start(self, waiter: Waiter, now: float) -> None:
         if self.verifier is not None:
@@ -169,19 +227,28 @@ class WikiSpeedruns:
                 raise ProtocolError("expired_token", "the host token has expired")
         self.bus.publish(waiter.group.channel, START)
 
-    def leave(self, waiter: Waiter) -> None:
+    def leave(self, waiter: Waiter) -> defer.Deferred:
+        """Take the waiter out; fires once the roster knows (the others then get the new names)."""
+        if not self._forget(waiter):
+            return defer.succeed(None)
+        group = waiter.group
+
+        def left(roster):
+            if roster is not None:
+                self.bus.publish(group.channel, RosterUpdate.of(roster))
+
+        return self.roster.leave(group.key, waiter.member).addCallback(left)
+
+    def _forget(self, waiter: Waiter) -> bool:
         group = waiter.group
         if waiter not in group.waiters:
-            return
+            return False
         group.waiters.remove(waiter)
-        waiter.subscription.cancel()
-        if group.waiters:
-            self._publish_update(group)
-        else:
-            del self.groups[group.key]
-
-    def _publish_update(self, group: Group) -> None:
-        self.bus.publish(group.channel, Frame.json({"type": "update", "users": group.names()}))
+        if not group.waiters:
+            group.subscription.cancel()
+            if self.groups.get(group.key) is group:
+                del self.groups[group.key]
+        return True
 
     # ---- leaderboard and lobby prompt list refresh --------------------------------------------
 

@@ -1,0 +1,203 @@
+"""
+The Redis backplane's parts that need no Redis: URL parsing, the [bus] section, the message codec,
+the bounded publish queue while Redis is away, readiness, and the wikispeedruns group's version order.
+"""
+
+from __future__ import annotations
+
+from twisted.internet import defer
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import TestCase
+
+from relayd import config
+from relayd.apps.wikispeedruns.core import Group, RosterUpdate, Waiter, WikiSpeedruns
+from relayd.apps.wikispeedruns.roster import MemoryRoster, Roster
+from relayd.backplane import codec
+from relayd.backplane.redisbus import RedisBus
+from relayd.backplane.target import BadRedisURL, parse_redis_url
+from relayd.bus import MemoryBus
+from relayd.config import ConfigError
+from relayd.metrics import Metrics
+from relayd.ws.frames import Frame
+
+BASE = """
+[listener:main]
+endpoint = tcp:8080:interface=127.0.0.1
+[app:testee]
+listeners = main
+path = /echo
+"""
+
+
+class RedisURLTests(TestCase):
+    def test_parts(self):
+        """Host, port, database, TLS, user and a percent-encoded password come out of the URL; the description hides the password."""
+        target = parse_redis_url("rediss://relayd:s%23cret@redis.internal:6380/3")
+        self.assertEqual(
+            (target.host, target.port, target.db, target.tls, target.username, target.password),
+            ("redis.internal", 6380, 3, True, "relayd", "s#cret"),
+        )
+        self.assertEqual(target.describe(), "rediss://redis.internal:6380/3")
+        self.assertNotIn("cret", repr(target))
+
+    def test_defaults(self):
+        """redis://host means port 6379, Redis's default database, no TLS, no credentials."""
+        target = parse_redis_url("redis://127.0.0.1")
+        self.assertEqual((target.port, target.db, target.tls, target.password), (6379, None, False, None))
+
+    def test_bad_urls(self):
+        """Another scheme, no host, a path that is not a database number or an unknown parameter are refused."""
+        for url in ("http://h", "redis://", "redis://h/zero", "redis://h/0?timeout=1", "redis://h/0?ca=/x.pem"):
+            with self.assertRaises(BadRedisURL, msg=url):
+                parse_redis_url(url)
+
+
+class BusConfigTests(TestCase):
+    def test_memory_is_the_default(self):
+        """Without a [bus] section fan-out stays in memory."""
+        self.assertEqual(config.loads(BASE, path="x.ini").bus.backend, "memory")
+
+    def test_redis_needs_a_url(self):
+        """backend = redis without a url, or with a bad one, is a located config error."""
+        with self.assertRaises(ConfigError) as caught:
+            config.loads(BASE + "[bus]\nbackend = redis\n", path="x.ini")
+        self.assertEqual(str(caught.exception), "x.ini: [bus] url: backend = redis needs the url of the Redis server")
+        with self.assertRaises(ConfigError) as caught:
+            config.loads(BASE + "[bus]\nbackend = redis\nurl = http://h\n", path="x.ini")
+        self.assertIn("[bus] url: the scheme must be redis://", str(caught.exception))
+
+    def test_url_without_redis_is_refused(self):
+        """A url with the memory backend is a mistake worth saying, not a setting silently ignored."""
+        with self.assertRaises(ConfigError):
+            config.loads(BASE + "[bus]\nurl = redis://h\n", path="x.ini")
+
+    def test_apps_without_shared_state_are_refused(self):
+        """An app that keeps its rooms per process cannot run with backend = redis: start-up says which."""
+        text = BASE + "[bus]\nbackend = redis\nurl = redis://h\n[app:carparty]\nlisteners = main\npath = /cp\n"
+        with self.assertRaises(ConfigError) as caught:
+            config.loads(text, path="x.ini")
+        self.assertIn("[app:carparty]: does not share its state across nodes yet", str(caught.exception))
+
+    def test_redis_config(self):
+        """backend = redis keeps the parsed URL and the tuning keys."""
+        loaded = config.loads(BASE + "[bus]\nbackend = redis\nurl = redis://h:7000/1\nqueue_limit = 50\n", path="x.ini")
+        self.assertEqual((loaded.bus.redis.port, loaded.bus.redis.db, loaded.bus.queue_limit), (7000, 1, 50))
+
+
+class CodecTests(TestCase):
+    def test_frames_and_roster_updates_round_trip(self):
+        """Text and binary frames and roster updates come out of the codec as they went in."""
+        for message in (Frame.text("refresh"), Frame(b"\x00\xff", True)):
+            back = codec.decode(codec.encode(message))
+            self.assertEqual((back.payload, back.is_binary), (message.payload, message.is_binary))
+        update = RosterUpdate.of(Roster(2**40, ("ann", "also ann")))
+        back = codec.decode(codec.encode(update))
+        self.assertEqual((back.version, back.frame.payload), (2**40, b'{"type":"update","users":["ann","also ann"]}'))
+
+    def test_unknown_types_and_tags(self):
+        """A type nobody registered cannot be encoded; bytes with an unknown tag cannot be decoded."""
+        with self.assertRaises(codec.Unrelayable):
+            codec.encode(object())
+        with self.assertRaises(ValueError):
+            codec.decode(b"?junk")
+
+
+def offline_bus(queue_limit: int = 3) -> tuple[RedisBus, Metrics]:
+    """A RedisBus whose Redis never answers: MemoryReactorClock records the connection attempt and nothing more."""
+    metrics = Metrics()
+    reactor = MemoryReactorClock()
+    bus = RedisBus(parse_redis_url("redis://127.0.0.1:1"), clock=reactor, metrics=metrics, queue_limit=queue_limit)
+    return bus, metrics
+
+
+def sample(metrics: Metrics, name: str, **labels) -> float:
+    return metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+class OfflineBusTests(TestCase):
+    def test_same_node_delivery_without_redis(self):
+        """With Redis away a publish still reaches this node's subscribers, at once and in order."""
+        bus, _ = offline_bus()
+        got = []
+        bus.subscribe("c", got.append)
+        for text in ("one", "two"):
+            self.assertEqual(bus.publish("c", Frame.text(text)), 1)
+        self.assertEqual([f.payload for f in got], [b"one", b"two"])
+
+    def test_queue_is_bounded_and_drops_are_counted(self):
+        """Beyond queue_limit the oldest waiting messages are dropped, counted by reason and gauged."""
+        bus, metrics = offline_bus(queue_limit=3)
+        for n in range(5):
+            bus.publish("c", Frame.text(str(n)))
+        self.assertEqual([payload for _, payload in bus.pending], [bus.node_id + b"t" + str(n).encode() for n in (2, 3, 4)])
+        self.assertEqual(sample(metrics, "relayd_bus_dropped_total", reason="queue_full"), 2)
+        self.assertEqual(sample(metrics, "relayd_bus_queued"), 3)
+
+    def test_readiness_names_the_unreachable_redis(self):
+        """problems() names the Redis and both connections while it is away; the up gauge is 0."""
+        bus, metrics = offline_bus()
+        self.assertEqual(bus.problems(), ["bus: redis redis://127.0.0.1:1/0 unreachable (publisher, subscriber)"])
+        self.assertEqual(sample(metrics, "relayd_bus_up"), 0)
+
+    def test_unrelayable_messages_stay_local(self):
+        """A message type that cannot cross nodes is still delivered here, and its drop across nodes is counted."""
+        bus, metrics = offline_bus()
+        got = []
+        bus.subscribe("c", got.append)
+        marker = object()
+        self.assertEqual(bus.publish("c", marker), 1)
+        self.assertEqual(got, [marker])
+        self.assertEqual(sample(metrics, "relayd_bus_dropped_total", reason="unrelayable"), 1)
+        self.assertEqual(list(bus.pending), [])
+
+    def test_echo_of_own_messages_is_ignored(self):
+        """A message Redis hands back to the node that published it is not delivered twice."""
+        bus, _ = offline_bus()
+        got = []
+        bus.subscribe("c", got.append)
+        bus._arrived(b"relayd:bus:c", bus.node_id + b"tmine")
+        bus._arrived(b"relayd:bus:c", b"0123abcd" + b"ttheirs")
+        self.assertEqual([f.payload for f in got], [b"theirs"])
+
+    def test_undecodable_message_is_counted_not_delivered(self):
+        """Bytes from another node that no codec knows are dropped with a count, not handed to subscribers."""
+        bus, metrics = offline_bus()
+        got = []
+        bus.subscribe("c", got.append)
+        bus._arrived(b"relayd:bus:c", b"0123abcd" + b"?what")
+        self.assertEqual(got, [])
+        self.assertEqual(sample(metrics, "relayd_bus_dropped_total", reason="undecodable"), 1)
+
+
+class GroupOrderTests(TestCase):
+    def test_older_roster_updates_are_dropped(self):
+        """A node that hears roster versions out of order keeps the newest names."""
+        group = Group("[1,2]")
+        got = []
+        waiter = Waiter(group, "m", got.append, False, None)
+        waiter.name = "ann"
+        group.waiters.append(waiter)
+        group.deliver(RosterUpdate.of(Roster(3, ("ann", "bob"))))
+        group.deliver(RosterUpdate.of(Roster(2, ("ann",))))
+        group.deliver(RosterUpdate.of(Roster(4, ("ann", "bob", "cy"))))
+        self.assertEqual([f.payload for f in got], [
+            b'{"type":"update","users":["ann","bob"]}', b'{"type":"update","users":["ann","bob","cy"]}',
+        ])
+
+    def test_joiner_gets_the_newer_roster_when_its_own_answer_is_stale(self):
+        """A join answered after a newer roster arrived still gives the newcomer the latest names, once."""
+        class LateRoster(MemoryRoster):
+            def join(self, group, member, wanted):
+                self.pending = defer.Deferred()
+                return self.pending
+
+        bus, roster = MemoryBus(), LateRoster()
+        core = WikiSpeedruns(bus, roster=roster)
+        got = []
+        joined = core.wait_start({"user": "ann", "lobby_id": 1, "prompt_id": 2}, got.append, now=0)
+        channel = core.groups["[1,2]"].channel
+        bus.publish(channel, RosterUpdate.of(Roster(5, ("bob", "ann"))))  # from another node, before ann's answer
+        self.assertEqual(got, [])  # not in the group yet
+        roster.pending.callback(("ann", Roster(4, ("bob", "ann"))))
+        self.assertEqual([f.payload for f in got], [b'{"type":"update","users":["bob","ann"]}'])
+        self.assertEqual(self.successResultOf(joined).name, "ann")
