@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
@@ -30,6 +31,9 @@ class IBus(Interface):
 
     def subscribers(channel: str) -> int:
         """How many receivers the channel has."""
+
+    def when_subscribed(channel: str) -> Any:
+        """A Deferred that fires once messages published on channel anywhere reach this node's subscribers."""
 
     def channel_count() -> int:
         """How many channels have at least one subscriber."""
@@ -107,6 +111,9 @@ class MemoryBus:
 
     def subscribers(self, channel: str) -> int:
         return len(self._channels.get(channel, ()))
+
+    def when_subscribed(self, channel: str):
+        return defer.succeed(None)
 
     def channel_count(self) -> int:
         return len(self._channels)

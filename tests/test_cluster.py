@@ -29,6 +29,10 @@ max_backoff = 0.2
 [app:wikispeedruns]
 listeners = main
 path = /ws
+
+[app:carparty]
+listeners = main
+path = /carparty
 """
 
 
@@ -217,3 +221,99 @@ class LobbyAcrossNodes(ClusterTestCase):
         for client in (ann, bob, cy):
             client.sendClose(1000)
             yield client.when_closed
+
+
+def login(action: str, code: str, client_id: str | None = None) -> str:
+    message = {"action": action, "server_code": code}
+    if client_id is not None:
+        message["client_id"] = client_id
+    return json.dumps(message)
+
+
+class CarPartyAcrossNodes(ClusterTestCase):
+    @defer.inlineCallbacks
+    def server_and_phones(self, server_node: Daemon, phone_nodes: list, code: str = "SNEK"):
+        server = yield server_node.connect("/carparty")
+        server.send_text(login("login_server", code))
+        yield until(lambda: self._holder(server_node, code), what="the code's lease")
+        phones = []
+        for n, node in enumerate(phone_nodes):
+            phone = yield node.connect("/carparty")
+            phone.send_text(login("login_client", code, f"p{n}"))
+            phones.append(phone)
+        yield server.messages_at_least(len(phones))
+        return server, phones
+
+    def _holder(self, node: Daemon, code: str):
+        return node.service.cluster.call("EXISTS", node.service.cluster.key("carparty:server", code)).addCallback(
+            lambda n: n == 1)
+
+    @defer.inlineCallbacks
+    def test_server_and_phones_on_different_nodes(self):
+        """
+        A game server on one node and phones on the others: connects reach the server, its broadcasts
+        reach every phone in order, receiver_id reaches one phone, a phone's frame reaches the server
+        stamped with its id, and a disconnect is reported.
+        """
+        yield self.start_cluster(3)
+        a, b, c = self.nodes
+        server, (p0, p1) = yield self.server_and_phones(a, [b, c])
+        self.assertEqual(sorted(json.loads(m)["client_id"] for m in server.messages), ["p0", "p1"])
+        for n in range(20):
+            server.send_text(json.dumps({"n": n}))
+        server.send_text(json.dumps({"receiver_id": "p1", "only": True}))
+        for phone in (p0, p1):
+            yield phone.messages_at_least(20)
+            self.assertEqual([json.loads(m)["n"] for m in phone.messages[:20]], list(range(20)))
+        yield p1.messages_at_least(21)
+        yield later(0.1)
+        self.assertEqual(len(p0.messages), 20)
+        p0.send_text('{"steer": -1, "client_id": "forged"}')
+        messages = yield server.messages_at_least(3)
+        self.assertEqual(json.loads(messages[2]), {"steer": -1, "client_id": "p0"})
+        p0.sendClose(1000)
+        yield p0.when_closed
+        messages = yield server.messages_at_least(4)
+        self.assertEqual(json.loads(messages[3]), {"action": "disconnect", "client_id": "p0"})
+        server.sendClose(1000)
+        self.assertEqual((yield p1.when_closed), 1000)  # its server left: closed, on another node
+
+    @defer.inlineCallbacks
+    def test_code_is_unique_across_nodes(self):
+        """A second game server with a code in use on another node is dropped, as on one node."""
+        yield self.start_cluster(2)
+        a, b = self.nodes
+        server, _ = yield self.server_and_phones(a, [])
+        rival = yield b.connect("/carparty")
+        rival.send_text(login("login_server", "SNEK"))
+        yield rival.when_closed
+        self.assertEqual(rival.messages, [])  # dropped without a word, as on one node
+        # the first server still has its code: a phone on b reaches it
+        phone = yield b.connect("/carparty")
+        phone.send_text(login("login_client", "SNEK", "p9"))
+        messages = yield server.messages_at_least(1)
+        self.assertEqual(json.loads(messages[0]), {"action": "connect", "client_id": "p9"})
+        server.sendClose(1000)
+        yield phone.when_closed
+
+    @defer.inlineCallbacks
+    def test_phones_of_a_dead_node_are_closed_and_the_code_freed(self):
+        """When the game server's node dies its phones elsewhere are closed within node_timeout, and the code can be taken again."""
+        yield self.start_cluster(2, node_timeout=1)
+        a, b = self.nodes
+        server, (phone,) = yield self.server_and_phones(a, [b])
+        a.service.cluster.stopService = lambda: None
+        a.apps_keeper = a.service.apps["carparty"].keeper
+        a.apps_keeper.leases._renewer.stop()
+        a.apps_keeper.leases.stopService = lambda: None
+        a.service.cluster._heartbeat.stop()
+        yield a.service.bus.stopService()
+        self.assertEqual((yield phone.when_closed), 1000)
+        again = yield b.connect("/carparty")
+        again.send_text(login("login_server", "SNEK"))
+        yield until(lambda: "SNEK" in b.service.apps["carparty"].core.servers
+                    and b.service.apps["carparty"].core.servers["SNEK"].subscription is not None,
+                    what="the code to be taken on node b")
+        for client in (server, again):
+            client.sendClose(1000)
+        yield again.when_closed

@@ -33,7 +33,6 @@ from relayd.bus import IBus, MemoryBus, Receiver
 _log = Logger()
 
 NODE_ID_BYTES = 8
-_RESUBSCRIBE_BATCH = 500
 
 
 class _Subscriber(SubscriberProtocol):
@@ -62,6 +61,8 @@ class RedisBus(MultiService):
         self._dropped_this_outage = 0
         self._unrelayable_logged: set[str] = set()
         self.publisher_listeners: list = []  # called after each (re)connection of the publisher
+        # channels whose SUBSCRIBE Redis has not confirmed yet, with who waits for the confirmation
+        self._unconfirmed: dict[str, list[defer.Deferred]] = {}
         self.publisher = RedisLink(
             target, clock=clock, name="publisher", protocol_class=RedisProtocol,
             on_up=self._publisher_up, on_down=self._link_down, max_backoff=max_backoff,
@@ -95,6 +96,16 @@ class RedisBus(MultiService):
 
     def subscribers(self, channel: str) -> int:
         return self.local.subscribers(channel)
+
+    def when_subscribed(self, channel: str) -> defer.Deferred:
+        waiting = self._unconfirmed.get(channel)
+        if waiting is None:
+            # confirmed, or Redis is away (then nothing crosses nodes anyway, and the subscription is
+            # made again on reconnect)
+            return defer.succeed(None)
+        d: defer.Deferred = defer.Deferred()
+        waiting.append(d)
+        return d
 
     def channel_count(self) -> int:
         return self.local.channel_count()
@@ -166,10 +177,22 @@ class RedisBus(MultiService):
     def _channel_opened(self, channel: str) -> None:
         proto = self.subscriber.protocol
         if proto is not None:
-            defer.maybeDeferred(proto.subscribe, [(self.prefix + channel).encode()]).addErrback(
-                self._subscribe_failed, channel)
+            self._subscribe(proto, channel)
+
+    def _subscribe(self, proto, channel: str) -> None:
+        # one channel per SUBSCRIBE: Redis confirms each channel with a reply of its own, and
+        # txredisapi hands replies to commands in order
+        self._unconfirmed.setdefault(channel, [])
+        d = defer.maybeDeferred(proto.subscribe, [(self.prefix + channel).encode()])
+        d.addErrback(self._subscribe_failed, channel)
+        d.addBoth(lambda _: self._confirmed(channel))
+
+    def _confirmed(self, channel: str) -> None:
+        for d in self._unconfirmed.pop(channel, []):
+            d.callback(None)
 
     def _channel_closed(self, channel: str) -> None:
+        self._confirmed(channel)
         proto = self.subscriber.protocol
         if proto is not None:
             defer.maybeDeferred(proto.unsubscribe, [(self.prefix + channel).encode()]).addErrback(
@@ -180,10 +203,8 @@ class RedisBus(MultiService):
         _log.debug("bus: (un)subscribing {channel} failed: {why}", channel=channel, why=failure.getErrorMessage())
 
     def _subscriber_up(self, proto) -> None:
-        channels = [(self.prefix + c).encode() for c in self.local.channels()]
-        for start in range(0, len(channels), _RESUBSCRIBE_BATCH):
-            defer.maybeDeferred(proto.subscribe, channels[start:start + _RESUBSCRIBE_BATCH]).addErrback(
-                self._subscribe_failed, "*")
+        for channel in self.local.channels():
+            self._subscribe(proto, channel)
         self._mark_up()
 
     def _arrived(self, channel: bytes, data: bytes) -> None:

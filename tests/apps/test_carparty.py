@@ -257,3 +257,91 @@ class BatchingTests(TestCase):
             self.assertTrue(p.closed)
         self.assertEqual(len([w for w in writes if b"frame 0" in w]), 2)
         self.assertTrue(all(b"frame 9" in w for w in writes if b"frame 0" in w))
+
+
+class SlowCodes:
+    """Codes whose answers come when the test says, as from Redis on several nodes."""
+
+    def __init__(self):
+        from relayd.apps.carparty.core import MemoryCodes
+
+        self.inner = MemoryCodes()
+        self.waiting = []
+
+    def _later(self, value):
+        from twisted.internet import defer
+
+        d = defer.Deferred()
+        self.waiting.append((d, value))
+        return d
+
+    def claim(self, code):
+        return self._later(self.inner.claim(code).result)
+
+    def exists(self, code):
+        return self._later(code in self.inner.codes)
+
+    def release(self, code):
+        self.inner.release(code)
+
+    def answer_all(self):
+        waiting, self.waiting = self.waiting, []
+        for d, value in waiting:
+            d.callback(value)
+
+
+class SlowLoginTests(TestCase):
+    def test_frames_sent_before_the_login_is_answered_follow_it_in_order(self):
+        """Frames a server and a phone send right after logging in wait for the answer and are then relayed in order."""
+        h = harness()
+        codes = h.app("carparty").core.codes = SlowCodes()
+        s = h.ws("/carparty/ws")
+        s.send_json({"action": "login_server", "server_code": "SNEK"})
+        h.flush()
+        codes.answer_all()
+        c = h.ws("/carparty/ws")
+        c.send_json({"action": "login_client", "server_code": "SNEK", "client_id": "1"})
+        for n in range(3):
+            c.send_json({"n": n})
+        h.flush()
+        self.assertEqual(s.json_messages(), [])  # nothing before the phone's login is answered
+        codes.answer_all()
+        h.flush()
+        self.assertEqual(s.json_messages(), [
+            {"action": "connect", "client_id": "1"},
+            {"n": 0, "client_id": "1"}, {"n": 1, "client_id": "1"}, {"n": 2, "client_id": "1"},
+        ])
+
+    def test_server_gone_before_its_claim_is_answered_frees_the_code(self):
+        """A game server that disconnects while its code is being claimed leaves the code free and holds nothing."""
+        h = harness()
+        core = h.app("carparty").core
+        codes = core.codes = SlowCodes()
+        s = h.ws("/carparty/ws")
+        s.send_json({"action": "login_server", "server_code": "SNEK"})
+        h.flush()
+        s.sendClose(1000)
+        h.flush()
+        codes.answer_all()
+        h.flush()
+        self.assertEqual((core.servers, codes.inner.codes, h.app("carparty").bus.channel_count()), ({}, set(), 0))
+
+    def test_too_many_frames_before_the_login_is_answered(self):
+        """A connection that floods while its login is answered is dropped, counted, and holds nothing afterwards."""
+        from relayd.apps.carparty.adapter import MAX_EARLY_FRAMES
+
+        h = harness()
+        core = h.app("carparty").core
+        codes = core.codes = SlowCodes()
+        codes.inner.claim("SNEK")
+        c = h.ws("/carparty/ws")
+        c.send_json({"action": "login_client", "server_code": "SNEK", "client_id": "1"})
+        for n in range(MAX_EARLY_FRAMES + 1):
+            c.send_json({"n": n})
+        h.flush()
+        self.assertTrue(c.closed)
+        codes.answer_all()
+        h.flush()
+        self.assertEqual((core.clients, h.app("carparty").bus.channel_count()), ({}, 0))
+        self.assertIn('relayd_dropped_total{app="carparty",reason="too_many_frames_before_login"} 1.0',
+                      h.http("GET", "/metrics")[2].decode())

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from twisted.internet import defer
+from zope.interface import Interface, implementer
+
 from relayd import jsonutil
+from relayd.backplane import codec
 from relayd.bus import IBus
 from relayd.ws.frames import Frame
 
@@ -54,51 +58,149 @@ def parse_login(payload: bytes) -> dict:
     return message
 
 
-class ServerSession:
-    __slots__ = ("code", "subscription", "clients")
+class ServerGone:
+    """Told to a server's phones, on whatever node they are, when it leaves: they are closed."""
+
+    __slots__ = ("code",)
 
     def __init__(self, code: str):
         self.code = code
+
+
+codec.register(b"g", ServerGone, lambda m: m.code.encode("utf-8", "surrogatepass"),
+               lambda b: ServerGone(b.decode("utf-8", "surrogatepass")))
+
+
+class ICodes(Interface):
+    """Which server codes are in use: one node's dict, or leases shared by every node."""
+
+    def claim(code: str) -> defer.Deferred:
+        """Fires True when this node's server now holds code, False when the code is in use."""
+
+    def exists(code: str) -> defer.Deferred:
+        """Fires True when a server holds code, on any node."""
+
+    def release(code: str) -> None:
+        """The server holding code left."""
+
+
+@implementer(ICodes)
+class MemoryCodes:
+    def __init__(self) -> None:
+        self.codes: set[str] = set()
+
+    def claim(self, code):
+        if code in self.codes:
+            return defer.succeed(False)
+        self.codes.add(code)
+        return defer.succeed(True)
+
+    def exists(self, code):
+        return defer.succeed(code in self.codes)
+
+    def release(self, code):
+        self.codes.discard(code)
+
+
+class ServerSession:
+    __slots__ = ("code", "subscription", "kick", "left")
+
+    def __init__(self, code: str, kick: Callable[[], None]):
+        self.code = code
         self.subscription = None
-        self.clients: dict[int, "ClientSession"] = {}
+        self.kick = kick
+        self.left = False  # gone before its claim was answered
 
 
 class ClientSession:
-    __slots__ = ("server", "client_id", "subscriptions", "kick")
+    __slots__ = ("code", "client_id", "subscriptions", "receiver", "kick", "gone")
 
-    def __init__(self, server: ServerSession, client_id: str, kick: Callable[[], None]):
-        self.server = server
+    def __init__(self, code: str, client_id: str, receiver: Callable[[Frame], None], kick: Callable[[], None]):
+        self.code = code
         self.client_id = client_id
         self.subscriptions: list = []
+        self.receiver = receiver
         self.kick = kick
+        self.gone = False
 
 
 class CarParty:
-    def __init__(self, bus: IBus):
+    def __init__(self, bus: IBus, codes: ICodes | None = None):
         self.bus = bus
-        self.servers: dict[str, ServerSession] = {}
+        self.codes = codes if codes is not None else MemoryCodes()
+        self.servers: dict[str, ServerSession] = {}  # the servers on this node
+        self.clients: dict[str, dict[int, ClientSession]] = {}  # this node's phones, by code
 
-    def login_server(self, code: str, receiver: Callable[[Frame], None]) -> ServerSession:
+    def login_server(self, code: str, receiver: Callable[[Frame], None], kick: Callable[[], None]) -> defer.Deferred:
+        """
+        Fires with the ServerSession once the code is this server's; fails with Drop("code_in_use").
+        The server listens before it claims the code, so no phone can announce itself unheard.
+        """
         if code in self.servers:
             raise Drop("code_in_use")
-        server = ServerSession(code)
-        server.subscription = self.bus.subscribe(_server_channel(code), receiver)
-        self.servers[code] = server
-        return server
+        server = self.servers[code] = ServerSession(code, kick)  # held here while the claim is on its way
+        subscription = self.bus.subscribe(_server_channel(code), receiver)
+
+        def claimed(ok):
+            if not ok or server.left:
+                subscription.cancel()
+                if self.servers.get(code) is server:
+                    del self.servers[code]
+                if ok:
+                    self.codes.release(code)
+                raise Drop("code_in_use" if not ok else "left_while_logging_in")
+            server.subscription = subscription
+            return server
+
+        def failed(failure):
+            subscription.cancel()
+            if self.servers.get(code) is server:
+                del self.servers[code]
+            return failure
+
+        d = self.bus.when_subscribed(_server_channel(code))
+        d.addCallback(lambda _: self.codes.claim(code))
+        return d.addCallbacks(claimed, failed)
 
     def login_client(self, code: str, client_id: str, receiver: Callable[[Frame], None],
-                     kick: Callable[[], None]) -> ClientSession:
-        server = self.servers.get(code)
-        if server is None:
-            raise Drop("unknown_code")
-        client = ClientSession(server, client_id, kick)
-        client.subscriptions = [
-            self.bus.subscribe(_clients_channel(code), receiver),
-            self.bus.subscribe(_client_channel(code, client_id), receiver),
-        ]
-        server.clients[id(client)] = client
-        self.bus.publish(_server_channel(code), Frame.json({"action": "connect", "client_id": client_id}))
+                     kick: Callable[[], None]) -> defer.Deferred:
+        """
+        Fires with the ClientSession once its server is known to exist and the phone hears its
+        channels; fails with Drop("unknown_code").
+        """
+
+        def found(exists):
+            if not exists:
+                raise Drop("unknown_code")
+            client = ClientSession(code, client_id, receiver, kick)
+            deliver = self._deliverer(client)
+            client.subscriptions = [
+                self.bus.subscribe(_clients_channel(code), deliver),
+                self.bus.subscribe(_client_channel(code, client_id), deliver),
+            ]
+            self.clients.setdefault(code, {})[id(client)] = client
+            heard = defer.gatherResults([
+                self.bus.when_subscribed(_clients_channel(code)),
+                self.bus.when_subscribed(_client_channel(code, client_id)),
+            ])
+            return heard.addCallback(lambda _: self._announce(client))
+
+        return self.codes.exists(code).addCallback(found)
+
+    def _announce(self, client: ClientSession) -> ClientSession:
+        if not client.gone:
+            self.bus.publish(_server_channel(client.code), Frame.json({"action": "connect", "client_id": client.client_id}))
         return client
+
+    def _deliverer(self, client: ClientSession) -> Callable[[Any], None]:
+        def deliver(message):
+            if isinstance(message, ServerGone):
+                self._forget(client)
+                client.kick()
+            else:
+                client.receiver(message)
+
+        return deliver
 
     def from_client(self, client: ClientSession, payload: bytes) -> None:
         """A phone's frame, stamped with its client_id (overwriting any it carried), to its server."""
@@ -111,7 +213,7 @@ class CarParty:
             frame = Frame.json(message)
         else:
             frame = Frame(payload)
-        self.bus.publish(_server_channel(client.server.code), frame)
+        self.bus.publish(_server_channel(client.code), frame)
 
     def from_server(self, server: ServerSession, payload: bytes, is_binary: bool) -> int:
         """A server frame: to the phones named by receiver_id, else to every phone; encoded once."""
@@ -123,25 +225,50 @@ class CarParty:
             raise Drop("receiver_id_not_string")
         return self.bus.publish(_client_channel(server.code, receiver), frame)
 
-    def client_left(self, client: ClientSession) -> None:
-        server = client.server
-        if server.clients.pop(id(client), None) is None:
-            return
+    def _forget(self, client: ClientSession) -> bool:
+        if client.gone:
+            return False
+        client.gone = True
         for subscription in client.subscriptions:
             subscription.cancel()
-        if self.servers.get(server.code) is server:
+        phones = self.clients.get(client.code)
+        if phones is not None:
+            phones.pop(id(client), None)
+            if not phones:
+                del self.clients[client.code]
+        return True
+
+    def client_left(self, client: ClientSession) -> None:
+        if self._forget(client):
             self.bus.publish(
-                _server_channel(server.code), Frame.json({"action": "disconnect", "client_id": client.client_id})
+                _server_channel(client.code), Frame.json({"action": "disconnect", "client_id": client.client_id})
             )
 
     def server_left(self, server: ServerSession) -> None:
-        """The code is freed and every phone of this server is closed."""
+        """The code is freed and every phone of this server, on any node, is closed."""
+        if server.subscription is None:
+            server.left = True  # its claim is still on the way (or was refused): claimed() cleans up
+            return
         if self.servers.get(server.code) is server:
             del self.servers[server.code]
+            self.codes.release(server.code)
         server.subscription.cancel()
-        for client in list(server.clients.values()):
-            self.client_left(client)
+        self.bus.publish(_clients_channel(server.code), ServerGone(server.code))
+
+    def server_vanished(self, code: str) -> None:
+        """The node of this code's server died: close this node's phones of it, as if it had left."""
+        for client in list(self.clients.get(code, {}).values()):
+            self._forget(client)
             client.kick()
+
+    def server_lost(self, code: str) -> None:
+        """This node's server lost its code to a server on another node: close it."""
+        server = self.servers.pop(code, None)
+        if server is not None:
+            if server.subscription is not None:
+                server.subscription.cancel()
+                server.subscription = None
+            server.kick()
 
     def room_count(self) -> int:
         return len(self.servers)

@@ -1,0 +1,125 @@
+"""
+Leases: a key in Redis that says which node holds a name (a carparty server code, a room), for
+`node_timeout` at a time, renewed every third of it while the node holds it.
+
+A node that dies stops renewing, so its leases expire and another node may claim the name. A node
+whose lease was lost (Redis restarted empty, or it was cut off for longer than the lease and another
+node took the name) takes it again if it is free, and hears `lost(name)` if it is not.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from relayd.backplane.cluster import Cluster, Unavailable
+
+_log = Logger()
+
+# KEYS: the lease keys. ARGV: node, ttl ms. For each key: 1 renewed (or taken again, being free), 0 held by another node
+_RENEW = b"""
+local result = {}
+for i, key in ipairs(KEYS) do
+  local holder = redis.call('GET', key)
+  if holder == ARGV[1] then
+    redis.call('PEXPIRE', key, ARGV[2])
+    result[i] = 1
+  elseif not holder then
+    redis.call('SET', key, ARGV[1], 'PX', ARGV[2])
+    result[i] = 1
+  else
+    result[i] = 0
+  end
+end
+return result
+"""
+
+_RELEASE = b"""
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+_RENEW_BATCH = 500
+
+
+class Leases(Service):
+    def __init__(self, cluster: Cluster, namespace: str, *, clock, lost: Callable[[str], None]):
+        self.cluster = cluster
+        self.namespace = namespace
+        self.lost = lost
+        self.held: set[str] = set()
+        self._renewer = LoopingCall(self.renew)
+        self._renewer.clock = clock
+        cluster.when_reconnected(self.renew)
+
+    @property
+    def ttl_ms(self) -> int:
+        return int(self.cluster.node_timeout * 1000)
+
+    def key(self, name: str) -> str:
+        return self.cluster.key(self.namespace, name)
+
+    def claim(self, name: str) -> defer.Deferred:
+        """Fires True when this node now holds name, False when another node does."""
+        d = self.cluster.call("SET", self.key(name), self.cluster.node_id, "NX", "PX", self.ttl_ms)
+
+        def answered(reply):
+            if reply is None:
+                return False
+            self.held.add(name)
+            return True
+
+        return d.addCallback(answered)
+
+    def holder(self, name: str) -> defer.Deferred:
+        """Fires with the id of the node holding name, or None."""
+        return self.cluster.call("GET", self.key(name)).addCallback(lambda r: None if r is None else r.decode())
+
+    def release(self, name: str) -> None:
+        if name not in self.held:
+            return
+        self.held.discard(name)
+        self.cluster.eval(_RELEASE, [self.key(name)], [self.cluster.node_id]).addErrback(
+            # unreachable Redis: the lease expires by itself within node_timeout
+            lambda f: None if f.check(Unavailable) else _log.failure("releasing lease {name} failed", f, name=name)
+        )
+
+    def renew(self) -> None:
+        names = sorted(self.held)
+        if not names or not self.cluster.up:
+            return
+        for start in range(0, len(names), _RENEW_BATCH):
+            batch = names[start:start + _RENEW_BATCH]
+            d = self.cluster.eval(_RENEW, [self.key(n) for n in batch], [self.cluster.node_id, self.ttl_ms])
+            d.addCallbacks(self._renewed, self._renew_failed, callbackArgs=(batch,))
+
+    def _renewed(self, results, batch: list[str]) -> None:
+        for name, kept in zip(batch, results):
+            if not kept and name in self.held:
+                self.held.discard(name)
+                _log.warn("lease {namespace}:{name} is now held by another node", namespace=self.namespace, name=name)
+                try:
+                    self.lost(name)
+                except Exception:
+                    _log.failure("handling the loss of lease {name} failed", name=name)
+
+    def _renew_failed(self, failure) -> None:
+        if not failure.check(Unavailable):
+            _log.failure("renewing leases failed", failure)
+
+    def startService(self):
+        super().startService()
+        self._renewer.start(self.cluster.node_timeout / 3, now=False).addErrback(
+            lambda f: _log.failure("lease renewals stopped", f)
+        )
+
+    def stopService(self):
+        super().stopService()
+        if self._renewer.running:
+            self._renewer.stop()
+        for name in list(self.held):
+            self.release(name)
