@@ -7,7 +7,10 @@ Each server is pinned to one core (taskset -c 1) and the generator (bench/gen/ws
 epoll loop, built here with cc) to the other; the server's CPU time and memory come from /proc, the
 generator's CPU time from itself, so a run where the generator was the bottleneck shows it.
 
-    bench/run [--smoke] [--servers relayd,ws,picows] [--only fanout,latency,connections,churn,gameroom]
+    bench/run [--smoke] [--servers relayd,ws,picows] [--only fanout,latency,connections,churn,gameroom,cluster]
+
+The cluster scenario runs relayd only: 1, 2 and 3 nodes with `[bus] backend = redis` on a private
+redis-server, reported as the ratio to one node.
 
 Writes bench/out/results.jsonl (one JSON line per measurement) and, unless --smoke, bench/results.md.
 """
@@ -53,7 +56,9 @@ auto_ping_timeout = {keepalive}
 [app:carparty]
 listeners = main
 path = /carparty
+"""
 
+GAMEROOM_CONFIG = """
 [app:gameroom]
 listeners = main
 path = /gameroom
@@ -109,7 +114,7 @@ def build_generator(out: str) -> str:
 
 
 class Server:
-    def __init__(self, name: str):
+    def __init__(self, name: str, extra_config: str = GAMEROOM_CONFIG, core: int = 1):
         self.name = name
         self.port = free_port()
         self.directory = tempfile.mkdtemp(prefix=f"relayd-bench-{name}-")
@@ -117,7 +122,7 @@ class Server:
             config = os.path.join(self.directory, "relayd.ini")
             with open(config, "w") as f:
                 f.write(RELAYD_CONFIG.format(state=os.path.join(self.directory, "state"), port=self.port,
-                                             keepalive=KEEPALIVE))
+                                             keepalive=KEEPALIVE) + extra_config)
             twistd = os.path.join(os.path.dirname(PYTHON), "twistd")
             command = [twistd, "--nodaemon", "--pidfile=", "relayd", "--config", config]
             self.path = "/carparty/ws"
@@ -129,7 +134,7 @@ class Server:
             self.path = "/"
         else:
             raise ValueError(name)
-        self.process = subprocess.Popen(pinned(command, 1), cwd=self.directory, preexec_fn=_more_files,
+        self.process = subprocess.Popen(pinned(command, core), cwd=self.directory, preexec_fn=_more_files,
                                         stdout=subprocess.DEVNULL, stderr=open(os.path.join(self.directory, "stderr"), "w"))
         for _ in range(200):
             try:
@@ -299,6 +304,78 @@ def gameroom(binary, rooms, seconds, out):
         server.stop()
 
 
+class Redis:
+    """A private redis-server for the cluster runs, pinned beside the generator, keeping nothing on disk."""
+
+    def __init__(self, core: int = 0):
+        self.port = free_port()
+        self.directory = tempfile.mkdtemp(prefix="relayd-bench-redis-")
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise SystemExit("bench: the cluster scenario needs redis-server")
+        self.process = subprocess.Popen(
+            pinned([binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                    "--dir", self.directory], core),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(200):
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.1).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.process.pid)
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait(timeout=15)
+
+
+class Nodes:
+    """Several relayd nodes on one Redis, seen by the runner as one server (CPU summed)."""
+
+    def __init__(self, count: int, redis: Redis, cores: list[int]):
+        bus = f"\n[bus]\nbackend = redis\nurl = redis://127.0.0.1:{redis.port}/0\n"
+        self.redis = redis
+        self.nodes = []
+        try:
+            for i in range(count):
+                self.nodes.append(Server("relayd", bus, core=cores[i % len(cores)]))
+        except BaseException:
+            self.stop()
+            raise
+        self.name, self.port, self.path, self.pid = "relayd", self.nodes[0].port, self.nodes[0].path, self.nodes[0].pid
+        self.ports = ",".join(str(n.port) for n in self.nodes)
+
+    def cpu(self) -> float:
+        return sum(n.cpu() for n in self.nodes)
+
+    def stop(self):
+        for node in self.nodes:
+            node.stop()
+
+
+def cluster(binary, redis: Redis, nodes: int, receivers: int, deliveries: int, cores: list[int]):
+    """Many-in-flight fan-out with the game server and its phones spread over `nodes` nodes of one cluster."""
+    group = Nodes(nodes, redis, cores)
+    try:
+        marks: dict = {}
+        gen = Generator(binary, "fanout", group, ports=group.ports, receivers=receivers, window=64,
+                        messages=max(10, deliveries // receivers))
+        result = gen.run({"READY": lambda: marks.update(cpu0=group.cpu(), redis0=redis.cpu()),
+                          "DONE": lambda: marks.update(cpu1=group.cpu(), redis1=redis.cpu())})
+        result.update(server="relayd", scenario=f"cluster N={receivers} nodes={nodes}", nodes=nodes)
+        if "cpu1" in marks:
+            result.update(server_cpu_share=(marks["cpu1"] - marks["cpu0"]) / result["seconds"],
+                          redis_cpu_share=(marks["redis1"] - marks["redis0"]) / result["seconds"],
+                          generator_cpu_share=result["generator_cpu_s"] / result["seconds"])
+        return result
+    finally:
+        group.stop()
+
+
 def gameroom_holds(r: dict) -> bool:
     return (r.get("tick_lateness_p99_bound_s", 1) < 0.010 and r.get("turns_per_room_s", 0) >= 9.5
             and r.get("started_players") == r.get("players") and not r.get("game_errors"))
@@ -399,6 +476,20 @@ def markdown(results: list[dict], servers: list[str]) -> str:
         parts.append("## Gameroom\n\nRooms of 4 players at 10 turns/s (`max_turn_rate = 10`, players answer each master "
                      "packet at once), rooms increased until turns are late; tick lateness from relayd's "
                      "`relayd_tick_lateness_seconds` histogram (its bucket bounds) over the window.\n\n" + _table(head, rows))
+    if family("cluster"):
+        head = ["scenario", "deliveries/s", "ratio to 1 node", "relayd CPU (all nodes)", "redis CPU", "generator CPU"]
+        rows = []
+        for sc in family("cluster"):
+            r = by[(sc, "relayd")]
+            one = by.get((sc.rsplit(" nodes=", 1)[0] + " nodes=1", "relayd"), {})
+            rows.append([sc, f"{r.get('deliveries_per_s', 0):,.0f}",
+                         _ratio(r.get("deliveries_per_s"), one.get("deliveries_per_s")),
+                         _pct(r.get("server_cpu_share")), _pct(r.get("redis_cpu_share")), _pct(r.get("generator_cpu_share"))])
+        parts.append("## Several nodes (Redis backplane)\n\nMany-in-flight fan-out (64 frames in flight per phone) "
+                     "with `[bus] backend = redis`, the game server and its phones spread round-robin over 1, 2 and 3 "
+                     "relayd nodes on one private redis-server (pinned with the generator); phone i on node i mod n, "
+                     "so with n nodes (n-1)/n of the deliveries cross Redis. The 1-node run uses the same Redis "
+                     "backend.\n\n" + _table(head, rows))
     return "\n\n".join(parts)
 
 
@@ -471,7 +562,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="a few seconds of each scenario, for the test suite")
     parser.add_argument("--servers", default="relayd,ws,picows")
-    parser.add_argument("--only", default="fanout,latency,connections,churn,gameroom")
+    parser.add_argument("--only", default="fanout,latency,connections,churn,gameroom,cluster")
+    parser.add_argument("--node-cores", default="1", help="cores the cluster scenario's relayd nodes are pinned to, round-robin")
     parser.add_argument("--receivers", default="1,10,100,1000")
     parser.add_argument("--deliveries", type=int, default=1000000, help="deliveries per many-in-flight scenario")
     parser.add_argument("--out", default=OUT)
@@ -487,10 +579,12 @@ def main(argv=None) -> int:
     deliveries = args.deliveries
     latencies, idle, hold, churn_s, rate_s = [(100, 500), (1000, 50)], 10000, 2 * KEEPALIVE, 3, 5
     room_steps, room_s = [100, 250, 500, 750, 1000, 1500, 2000], 10
+    cluster_receivers, cluster_deliveries = 300, 300000
     if args.smoke:
         receivers, deliveries = [1, 10], 5000
         latencies, idle, hold, churn_s, rate_s = [(10, 100)], 200, 1, 1, 1
         room_steps, room_s = [5], 2
+        cluster_receivers, cluster_deliveries = 10, 2000
     os.makedirs(args.out, exist_ok=True)
     binary = build_generator(args.out)
     results = []
@@ -523,6 +617,14 @@ def main(argv=None) -> int:
             record(result)
             if not gameroom_holds(result):
                 break
+    if "cluster" in only and "relayd" in servers:
+        redis = Redis()
+        try:
+            cores = [int(c) for c in args.node_cores.split(",")]
+            for nodes in (1, 2, 3):
+                record(cluster(binary, redis, nodes, cluster_receivers, cluster_deliveries, cores))
+        finally:
+            redis.stop()
     with open(os.path.join(args.out, "results.jsonl"), "w") as f:
         for result in results:
             f.write(json.dumps(result) + "\n")

@@ -14,7 +14,7 @@ TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 class BenchSmokeTests(TestCase):
     def test_smoke_run(self):
-        """bench/run.py --smoke drives relayd and the peers through every scenario and every delivery arrives."""
+        """bench/run.py --smoke drives relayd and the peers through every scenario, 1 to 3 relayd nodes on Redis included, and every delivery arrives."""
         missing = None
         if shutil.which("node") is None:
             missing = "node is not installed"
@@ -22,6 +22,8 @@ class BenchSmokeTests(TestCase):
             missing = "a C compiler (cc) is needed to build the generator"
         elif not os.path.isdir(os.path.join(TOP, "bench", "node_modules", "ws")):
             missing = "the benchmark's npm packages are not installed (npm ci in bench)"
+        elif shutil.which("redis-server") is None:
+            missing = "redis-server is not installed (the cluster scenario starts one)"
         servers = ["relayd", "ws"]
         try:
             import picows  # noqa: F401
@@ -44,9 +46,10 @@ class BenchSmokeTests(TestCase):
             self.assertNotIn("error", r)
             self.assertEqual((r.get("lost", 0), r.get("closed_early", 0), r["errors"]), (0, 0, 0), r)
         kinds = {r["scenario"].split(" ")[0] for r in results}
-        self.assertEqual(kinds, {"fan-out", "latency", "connections", "churn", "gameroom"})
+        self.assertEqual(kinds, {"fan-out", "latency", "connections", "churn", "gameroom", "cluster"})
+        self.assertEqual(sorted(r["nodes"] for r in results if r["scenario"].startswith("cluster")), [1, 2, 3])
         for r in results:
-            if r["scenario"].startswith("fan-out"):
+            if r["scenario"].startswith(("fan-out", "cluster")):
                 self.assertGreater(r["deliveries_per_s"], 0)
             elif r["scenario"].startswith("latency"):
                 self.assertGreater(r["latency_samples"], 0)

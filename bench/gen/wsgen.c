@@ -4,6 +4,7 @@
  * shows its CPU share beside the server's). bench/run.py builds it with the machine's cc.
  *
  *   wsgen MODE port=P path=/carparty/ws [key=value ...]
+ *   wsgen MODE ports=P1,P2,P3 ...     several relayd nodes of one cluster: connection i to node i mod n
  *
  * Modes:
  *   fanout   one sender, `receivers` phones, `messages` frames each; `window` frames in flight per
@@ -43,7 +44,7 @@ enum { CONNECTING, UPGRADING, OPEN, CLOSING, DEAD };
 enum { PAYLOAD = 100, HIST_US = 1000000 };
 
 typedef struct {
-    int fd, state, index;
+    int fd, state, index, port;
     char *in;
     size_t in_len, in_cap;
     char *out;
@@ -58,7 +59,9 @@ static struct {
     int port, receivers, window, connections, concurrency;
     long messages;
     double rate, seconds;
-} cfg = {"fanout", "/", NULL, 0, 10, 64, 1000, 64, 1000, 500, 5};
+    int nports, ports[16];
+} cfg = {.mode = "fanout", .path = "/", .receivers = 10, .window = 64, .connections = 1000, .concurrency = 64,
+         .messages = 1000, .rate = 500, .seconds = 5};
 
 static int ep;
 static Conn **conns;
@@ -157,7 +160,10 @@ static Conn *open_conn(int index) {
     if (c->fd < 0) die("socket");
     int one = 1;
     setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(cfg.port)};
+    /* with several nodes (ports=P1,P2,..) connection i goes to node i mod n: the game server to the first */
+    int port = cfg.nports ? cfg.ports[index % cfg.nports] : cfg.port;
+    c->port = port;
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     if (connect(c->fd, (struct sockaddr *)&a, sizeof a) < 0 && errno != EINPROGRESS) die("connect");
     c->state = CONNECTING;
@@ -275,7 +281,7 @@ static void on_writable(Conn *c) {
         int n = snprintf(request, sizeof request,
                          "GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                          "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-                         c->path ? c->path : cfg.path, cfg.port);
+                         c->path ? c->path : cfg.path, c->port);
         c->state = UPGRADING;
         put(c, request, n);
         return;
@@ -516,6 +522,9 @@ int main(int argc, char **argv) {
         *eq = 0;
         const char *k = argv[i], *v = eq + 1;
         if (!strcmp(k, "port")) cfg.port = atoi(v);
+        else if (!strcmp(k, "ports"))
+            for (char *p = (char *)v; *p && cfg.nports < 16; p = strchr(p, ',') ? strchr(p, ',') + 1 : p + strlen(p))
+                cfg.ports[cfg.nports++] = atoi(p);
         else if (!strcmp(k, "path")) cfg.path = v;
         else if (!strcmp(k, "rooms_file")) cfg.rooms_file = v;
         else if (!strcmp(k, "receivers")) cfg.receivers = atoi(v);

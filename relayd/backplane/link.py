@@ -77,6 +77,10 @@ class RedisLink(Service):
 
     def _prepare(self, proto):
         self.attempts += 1
+        # small commands back to back: Nagle's algorithm would hold each behind the previous one's ACK
+        set_no_delay = getattr(proto.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            set_no_delay(True)
         ready: defer.Deferred = defer.Deferred()
 
         def connected(p):

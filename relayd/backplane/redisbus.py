@@ -29,6 +29,7 @@ from relayd.backplane import codec
 from relayd.backplane.link import RedisLink
 from relayd.backplane.target import RedisTarget
 from relayd.bus import IBus, MemoryBus, Receiver
+from relayd.ws._writes import BATCH
 
 _log = Logger()
 
@@ -36,6 +37,11 @@ NODE_ID_BYTES = 8
 
 
 class _Subscriber(SubscriberProtocol):
+    def dataReceived(self, data, unpause=False):
+        # every message of this read reaches its receivers in one write each, as a WebSocket read's do
+        with BATCH:
+            super().dataReceived(data, unpause)
+
     def messageReceived(self, pattern, channel, message):
         self.factory.link.bus_owner._arrived(channel, message)
 

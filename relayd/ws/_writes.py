@@ -45,6 +45,16 @@ class WriteBatch:
         self.depth = 0
         self.pending: dict = {}
 
+    def __enter__(self) -> "WriteBatch":
+        """`with BATCH:` around the handling of one inbound read (a WebSocket's, or the bus's from Redis)."""
+        self.depth += 1
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.depth -= 1
+        if not self.depth:
+            self.flush()
+
     def add(self, protocol, wire: bytes) -> bool:
         """Keep wire for protocol if a read is being handled; False means write it now."""
         if not self.depth:

@@ -56,13 +56,8 @@ class RelaydProtocol(WebSocketServerProtocol):
         # Autobahn's dataReceived formats a debug log line per read, even with debug logging off;
         # frames this read produces for any receiver are written together once it is handled
         self.heard = True
-        BATCH.depth += 1
-        try:
+        with BATCH:
             self._dataReceived(data)
-        finally:
-            BATCH.depth -= 1
-            if not BATCH.depth:
-                BATCH.flush()
 
     def sendData(self, data, sync=False, chopsize=None):
         # Autobahn's own frames (close, ping, pong) must not overtake frames still gathered for us
