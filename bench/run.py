@@ -12,7 +12,8 @@ generator's CPU time from itself, so a run where the generator was the bottlenec
 The cluster scenario runs relayd only: 1, 2 and 3 nodes with `[bus] backend = redis` on a private
 redis-server, reported as the ratio to one node.
 
-Writes bench/out/results.jsonl (one JSON line per measurement) and, unless --smoke, bench/results.md.
+Writes bench/out/results.jsonl (one JSON line per measurement) and, unless --smoke, bench/results.md
+(a partial run, with --only or --servers, writes its report to bench/out/results.md instead).
 """
 
 from __future__ import annotations
@@ -552,8 +553,8 @@ def machine() -> str:
             f"Node {node}; server pinned to core 1, generator (bench/gen/wsgen.c) to core 0")
 
 
-def write_report(results: list[dict], servers: list[str]) -> None:
-    with open(os.path.join(BENCH, "results.md"), "w") as f:
+def write_report(results: list[dict], servers: list[str], path: str = os.path.join(BENCH, "results.md")) -> None:
+    with open(path, "w") as f:
         f.write(f"# Benchmark results\n\nMachine: {machine()}.\n\nCommand: `bench/run`\n\n{targets(results)}\n\n"
                 f"{markdown(results, servers)}\n")
 
@@ -631,7 +632,9 @@ def main(argv=None) -> int:
     failed = [r for r in results if r.get("error") or r.get("lost") or r.get("closed_early") or r.get("malformed")
               or r.get("errors") or r.get("game_errors")]
     if not args.smoke:
-        write_report(results, servers)
+        # a partial run (--only, --servers) leaves the full run's bench/results.md alone
+        partial = only != set(parser.get_default("only").split(",")) or servers != parser.get_default("servers").split(",")
+        write_report(results, servers, os.path.join(args.out, "results.md") if partial else os.path.join(BENCH, "results.md"))
     print(markdown(results, servers))
     for r in failed:
         print("incomplete:", json.dumps(r))
