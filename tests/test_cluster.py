@@ -33,6 +33,10 @@ path = /ws
 [app:carparty]
 listeners = main
 path = /carparty
+
+[app:clicker]
+listeners = main
+path = /clicker
 """
 
 
@@ -316,4 +320,152 @@ class CarPartyAcrossNodes(ClusterTestCase):
                     what="the code to be taken on node b")
         for client in (server, again):
             client.sendClose(1000)
+        yield again.when_closed
+
+
+class ClickerAcrossNodes(ClusterTestCase):
+    @defer.inlineCallbacks
+    def register(self, node: Daemon, secret: str = ""):
+        device = yield node.connect("/clicker/ws")
+        device.send_text(f"REGISTER {secret}".strip())
+        yield device.messages_at_least(1)
+        _, device_id, secret = device.messages[0].split(" ")
+        return device, device_id, secret
+
+    @defer.inlineCallbacks
+    def listen(self, node: Daemon, *ids: str):
+        listener = yield node.connect("/clicker/ws")
+        listener.send_text("LISTEN " + " ".join(ids))
+        yield listener.messages_at_least(1)
+        return listener
+
+    @defer.inlineCallbacks
+    def test_listener_sees_a_device_on_another_node(self):
+        """A listener on node a sees a device on node b connect, score (after SCORED) and disconnect."""
+        yield self.start_cluster(2)
+        a, b = self.nodes
+        device, device_id, _ = yield self.register(b)
+        listener = yield self.listen(a, device_id)
+        self.assertEqual(listener.messages, [f"CONNECT {device_id}"])
+        device.send_text("SCORE 1700000000000 5")
+        yield device.messages_at_least(2)
+        self.assertEqual(device.messages[1], "SCORED 1700000000000")
+        yield until(lambda: f"SCORE 1700000000000 {device_id} 5" in listener.messages, what="the score on node a")
+        device.sendClose(1000)
+        yield device.when_closed
+        yield until(lambda: f"DISCONNECT {device_id}" in listener.messages, what="the disconnect on node a")
+        listener.sendClose(1000)
+        yield listener.when_closed
+
+    @defer.inlineCallbacks
+    def test_identity_and_latest_score_are_shared(self):
+        """A device keeps its id on another node with its secret; a listener anywhere gets its latest score."""
+        yield self.start_cluster(3)
+        a, b, c = self.nodes
+        device, device_id, secret = yield self.register(a)
+        device.send_text("SCORE 1 -9223372036854775808")
+        yield device.messages_at_least(2)
+        device.sendClose(1000)
+        yield device.when_closed
+        again, again_id, again_secret = yield self.register(b, secret)
+        self.assertEqual((again_id, again_secret), (device_id, secret))
+        listener = yield self.listen(c, device_id)
+        yield listener.messages_at_least(2)
+        self.assertEqual(listener.messages, [f"CONNECT {device_id}", f"SCORE 1 {device_id} -9223372036854775808"])
+        again.send_text("SCORE 1 -9223372036854775808")  # a retry: acknowledged, not delivered again
+        yield again.messages_at_least(2)
+        yield later(0.2)
+        self.assertEqual(len(listener.messages), 2)
+        for client in (again, listener):
+            client.sendClose(1000)
+            yield client.when_closed
+
+    @defer.inlineCallbacks
+    def test_takeover_across_nodes_closes_the_old_connection_without_a_flap(self):
+        """The same secret registering on another node closes the older connection with 4001; listeners see no disconnect."""
+        yield self.start_cluster(2)
+        a, b = self.nodes
+        old, device_id, secret = yield self.register(a)
+        listener = yield self.listen(a, device_id)
+        new, new_id, _ = yield self.register(b, secret)
+        self.assertEqual(new_id, device_id)
+        self.assertEqual((yield old.when_closed), 4001)
+        new.send_text("SCORE 2 7")
+        yield until(lambda: f"SCORE 2 {device_id} 7" in listener.messages, what="the new connection's score")
+        self.assertEqual(listener.messages, [f"CONNECT {device_id}", f"SCORE 2 {device_id} 7"])
+        for client in (new, listener):
+            client.sendClose(1000)
+            yield client.when_closed
+
+    @defer.inlineCallbacks
+    def test_acknowledged_score_reaches_a_listener_whose_node_missed_it(self):
+        """A score acknowledged while the listener's node was unsubscribed reaches the listener once its node is back."""
+        yield self.start_cluster(2)
+        a, b = self.nodes
+        device, device_id, _ = yield self.register(b)
+        listener = yield self.listen(a, device_id)
+        a.service.bus.subscriber._client.stopService()  # node a stops hearing Redis
+        yield until(lambda: not a.service.bus.subscriber.up, what="node a to lose its subscription")
+        device.send_text("SCORE 3 11")
+        yield device.messages_at_least(2)  # SCORED: written in Redis
+        yield later(0.1)
+        self.assertNotIn(f"SCORE 3 {device_id} 11", listener.messages)
+        a.service.bus.subscriber._client.startService()
+        yield until(lambda: f"SCORE 3 {device_id} 11" in listener.messages, what="the missed score")
+        for client in (device, listener):
+            client.sendClose(1000)
+            yield client.when_closed
+
+    @defer.inlineCallbacks
+    def test_devices_of_a_dead_node_disconnect(self):
+        """A device whose node dies is reported disconnected to listeners on other nodes within node_timeout."""
+        yield self.start_cluster(2, node_timeout=1)
+        a, b = self.nodes
+        device, device_id, _ = yield self.register(b)
+        listener = yield self.listen(a, device_id)
+        b.service.cluster.stopService = lambda: None
+        b.service.cluster._heartbeat.stop()
+        yield b.service.bus.stopService()
+        yield until(lambda: f"DISCONNECT {device_id}" in listener.messages, what="the dead node's device to disconnect")
+        for client in (device, listener):
+            client.sendClose(1000)
+            yield client.when_closed
+
+    @defer.inlineCallbacks
+    def test_score_while_redis_is_down_is_refused_then_accepted(self):
+        """With Redis down a SCORE gets ERROR unavailable (no SCORED, the device stays); its retry after Redis returns is acknowledged."""
+        yield self.start_cluster(1)
+        (a,) = self.nodes
+        device, device_id, _ = yield self.register(a)
+        self.redis.kill()
+        yield until(lambda: not bus_up(a), what="the node to notice")
+        device.send_text("SCORE 4 1")
+        yield device.messages_at_least(2)
+        self.assertTrue(device.messages[1].startswith("ERROR unavailable "))
+        yield self.redis.start()
+        yield until(lambda: bus_up(a), what="the node to reconnect")
+        device.send_text("SCORE 4 1")
+        yield device.messages_at_least(3)
+        self.assertEqual(device.messages[2], "SCORED 4")
+        device.sendClose(1000)
+        yield device.when_closed
+
+    @defer.inlineCallbacks
+    def test_identities_survive_a_redis_restart(self):
+        """Redis restarted empty: the nodes write back what their stores kept, so a device keeps its id."""
+        yield self.start_cluster(2)
+        a, b = self.nodes
+        device, device_id, secret = yield self.register(a)
+        device.sendClose(1000)
+        yield device.when_closed
+        self.redis.kill()
+        yield until(lambda: not bus_up(a), what="the node to notice")
+        yield self.redis.start()
+        yield until(lambda: bus_up(a) and bus_up(b), what="the nodes to reconnect")
+        cluster = a.service.cluster
+        yield until(lambda: cluster.call("HLEN", cluster.key("clicker", "identity")).addCallback(lambda n: n == 1),
+                    what="the identity to be written back")
+        again, again_id, _ = yield self.register(b, secret)
+        self.assertEqual(again_id, device_id)
+        again.sendClose(1000)
         yield again.when_closed

@@ -67,6 +67,7 @@ class RedisBus(MultiService):
         self._dropped_this_outage = 0
         self._unrelayable_logged: set[str] = set()
         self.publisher_listeners: list = []  # called after each (re)connection of the publisher
+        self.subscriber_listeners: list = []  # called after each (re)connection of the subscriber
         # channels whose SUBSCRIBE Redis has not confirmed yet, with who waits for the confirmation
         self._unconfirmed: dict[str, list[defer.Deferred]] = {}
         self.publisher = RedisLink(
@@ -176,7 +177,10 @@ class RedisBus(MultiService):
         self._mark_up()
         self._drain()
         for listener in list(self.publisher_listeners):
-            listener()
+            try:
+                listener()
+            except Exception:
+                _log.failure("bus: a publisher reconnect listener failed")
 
     # ---- subscribing ---------------------------------------------------------------------------
 
@@ -212,6 +216,11 @@ class RedisBus(MultiService):
         for channel in self.local.channels():
             self._subscribe(proto, channel)
         self._mark_up()
+        for listener in list(self.subscriber_listeners):
+            try:
+                listener()
+            except Exception:
+                _log.failure("bus: a subscriber reconnect listener failed")
 
     def _arrived(self, channel: bytes, data: bytes) -> None:
         if data[:NODE_ID_BYTES] == self.node_id or not channel.startswith(self._prefix_bytes):

@@ -22,7 +22,11 @@ Receiving clients (judges' screens):
   <ids> are separated by spaces and/or commas (sent space-separated), at most max_listen_ids.
 
 Errors are a line `ERROR <kind> <message>` and never disconnect: a malformed SCORE (no SCORED, so the
-device keeps it and retries), an unknown verb, bad ids, a binary frame.
+device keeps it and retries), an unknown verb, bad ids, a binary frame, and (on several nodes) a
+command that needs Redis while it is unreachable (`ERROR unavailable ...`).
+
+With [bus] backend = redis identities, latest scores and who is connected are shared by every node
+(relayd.apps.clicker.cluster).
 """
 
 from __future__ import annotations
@@ -30,19 +34,16 @@ from __future__ import annotations
 from twisted.internet import defer
 
 from relayd.apps.base import App
-from relayd.apps.clicker.core import ClickerCore, Event, parse_ids, parse_score, secret_key, split_command
+from relayd.apps.clicker.cluster import RedisState
+from relayd.apps.clicker.core import ClickerCore, Event, device_channel, parse_ids, parse_score, split_command
+from relayd.apps.clicker.state import LocalState
+from relayd.backplane.cluster import Unavailable
 from relayd.errors import ProtocolError
 from relayd.ws import closecodes
 from relayd.ws.frames import Frame
 from relayd.ws.protocol import RelaydProtocol
 
-IDENTITIES = "clicker.identity"
-LATEST = "clicker.latest"
 MAX_PENDING = 256
-
-
-def device_channel(device: str) -> str:
-    return "clicker:device:" + device
 
 
 class ClickerProtocol(RelaydProtocol):
@@ -83,6 +84,9 @@ class ClickerProtocol(RelaydProtocol):
     def _failed(self, failure):
         if failure.check(ProtocolError):
             self._protocol_error(failure.value)
+        elif failure.check(Unavailable):
+            # several nodes, Redis away: nothing was stored, so the device keeps its score and retries
+            self._protocol_error(ProtocolError("unavailable", "the score store is unreachable; retry"))
         else:
             self._log.failure("clicker: command failed", failure)
             self._internal_error()
@@ -109,23 +113,21 @@ class ClickerProtocol(RelaydProtocol):
     @defer.inlineCallbacks
     def _register(self, secret: str | None):
         app: ClickerApp = self.factory.app
-        device, secret, new = app.core.identify(secret)
-        if new:
-            try:
-                yield app.store.put(IDENTITIES, secret_key(secret), {"id": device})
-            except Exception:
-                app.core.by_key.pop(secret_key(secret), None)
-                app.core.ids.discard(device)
-                raise
+        device, secret = yield app.state.identify(secret)
         if self.state != self.STATE_OPEN:
             return
+        previous, was_connected = yield app.state.attach(device, self)
+        if self.state != self.STATE_OPEN:
+            # gone while attaching: if it had taken over a live connection, the device is now away
+            if (yield app.state.detach(device, self)) and was_connected:
+                app.bus.publish(device_channel(device), Event("disconnect", device))
+            return
         self.role, self.device = "device", device
-        previous = app.core.attach(device, self)
         self.send(f"REGISTERED {device} {secret}")
         if previous is not None:
             # the identity moves without a disconnect/connect flap for listeners
             previous.replaced()
-        else:
+        elif not was_connected:
             app.bus.publish(device_channel(device), Event("connect", device))
 
     def replaced(self) -> None:
@@ -138,17 +140,15 @@ class ClickerProtocol(RelaydProtocol):
         device = self.device
         if device is None:
             return
-        if not app.core.is_retry(device, score.timestamp):
-            latest = app.core.propose(device, score)
-            yield app.store.put(LATEST, device, latest.to_json())
-            app.core.commit(device, latest)
+        if (yield app.state.score(device, score)):
             app.bus.publish(device_channel(device), Event("score", device, score.timestamp, score.score))
         if score.msg_id is None:
             self.send(f"SCORED {score.timestamp}")
         else:
             self.send(f"SCORED {score.msg_id} {score.timestamp}")
 
-    def _listen(self, ids: list[str], subscribe_format: bool) -> None:
+    @defer.inlineCallbacks
+    def _listen(self, ids: list[str], subscribe_format: bool):
         app: ClickerApp = self.factory.app
         limit = app.options["max_listen_ids"]
         fresh = [i for i in ids if i not in self.subscriptions]
@@ -158,11 +158,16 @@ class ClickerProtocol(RelaydProtocol):
         self.subscribe_format = subscribe_format
         for device in fresh:
             self.subscriptions[device] = app.bus.subscribe(device_channel(device), self._event)
-        self.send(" ".join(["CONNECT", *app.core.connected(ids)]))
+        # subscribed first, then the snapshot: a change in between is heard (perhaps twice), never missed
+        yield defer.gatherResults([app.bus.when_subscribed(device_channel(d)) for d in fresh])
+        connected, latest = yield app.state.snapshot(ids)
+        if self.state != self.STATE_OPEN:
+            return
+        self.send(" ".join(["CONNECT", *connected]))
         for device in ids:
-            latest = app.core.latest.get(device)
-            if latest is not None:
-                self.send(Event("score", device, latest.timestamp, latest.score).frame(subscribe_format))
+            if device in latest:
+                timestamp, score = latest[device]
+                self.send(Event("score", device, timestamp, score).frame(subscribe_format))
 
     def _event(self, event: Event) -> None:
         self.send(event.frame(self.subscribe_format))
@@ -173,8 +178,11 @@ class ClickerProtocol(RelaydProtocol):
             subscription.cancel()
         self.subscriptions = {}
         device, self.device = self.device, None
-        if device is not None and app.core.detach(device, self):
-            app.bus.publish(device_channel(device), Event("disconnect", device))
+        if device is not None:
+            app.state.detach(device, self).addCallbacks(
+                lambda gone: gone and app.bus.publish(device_channel(device), Event("disconnect", device)),
+                lambda f: self._log.failure("clicker: marking {device} disconnected failed", f, device=device),
+            )
 
 
 class ClickerApp(App):
@@ -183,18 +191,23 @@ class ClickerApp(App):
     def __init__(self, ctx):
         super().__init__(ctx)
         self.core = ClickerCore()
+        if self.cluster is None:
+            self.state = LocalState(self.core, self.store)
+        else:
+            self.state = RedisState(self.core, self.cluster, self.bus, self.store, clock=self.reactor)
         self._ready = False
         self._waiting: list[defer.Deferred] = []
 
     @defer.inlineCallbacks
     def start(self):
-        identities = yield self.store.items(IDENTITIES)
-        latest = yield self.store.items(LATEST)
-        self.core.load(identities, latest)
+        yield self.state.start()
         self._ready = True
         waiting, self._waiting = self._waiting, []
         for d in waiting:
             d.callback(None)
+
+    def stop(self):
+        return self.state.stop() if hasattr(self.state, "stop") else None
 
     def when_ready(self) -> defer.Deferred:
         if self._ready:

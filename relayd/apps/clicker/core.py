@@ -17,6 +17,7 @@ from typing import Callable
 
 import attr
 
+from relayd.backplane import codec
 from relayd.errors import ProtocolError
 from relayd.ws.frames import Frame
 
@@ -80,6 +81,18 @@ def parse_ids(args: list[str], limit: int) -> list[str]:
     return ids
 
 
+def device_channel(device: str) -> str:
+    """The bus channel of one device's events (connect, score, disconnect)."""
+    return "clicker:device:" + device
+
+
+def canonical_secret(secret: str | None) -> str | None:
+    """A secret as identities are keyed by (a UUID4, lower case), or None when it cannot be one."""
+    if secret is not None and _UUID4.match(secret.lower()):
+        return secret.lower()
+    return None
+
+
 def secret_key(secret: str) -> str:
     """Secrets are never stored: the store keys identities by this digest."""
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
@@ -129,6 +142,20 @@ class Event:
         return f"{self.kind.upper()} {self.device}"
 
 
+def _event_to_bus(event: Event) -> bytes:
+    return f"{event.kind} {event.device} {event.timestamp} {event.score}".encode("ascii")
+
+
+def _event_from_bus(data: bytes) -> Event:
+    kind, device, timestamp, score = data.decode("ascii").split(" ")
+    if kind not in ("connect", "disconnect", "score") or not _ID.match(device):
+        raise ValueError("not a clicker event")
+    return Event(kind, device, int(timestamp), int(score))
+
+
+codec.register(b"c", Event, _event_to_bus, _event_from_bus)
+
+
 class ClickerCore:
     """Identities, which devices are connected, and each device's latest accepted score."""
 
@@ -137,8 +164,8 @@ class ClickerCore:
         self.ids: set[str] = set()
         self.latest: dict[str, Latest] = {}
         self.connections: dict[str, object] = {}  # device id -> its one live connection
-        self._random_id = random_id or (lambda: f"{secrets_module.randbelow(1_000_000):06d}")
-        self._new_secret = new_secret or (lambda: str(uuid.uuid4()))
+        self.random_id = random_id or (lambda: f"{secrets_module.randbelow(1_000_000):06d}")
+        self.new_secret = new_secret or (lambda: str(uuid.uuid4()))
 
     def load(self, identities: list[tuple[str, dict]], latest: list[tuple[str, dict]]) -> None:
         for key, value in identities:
@@ -149,17 +176,17 @@ class ClickerCore:
 
     def identify(self, secret: str | None) -> tuple[str, str, bool]:
         """(device id, secret, whether the identity is new and must be stored)."""
-        if secret is not None and _UUID4.match(secret.lower()):
-            secret = secret.lower()
+        secret = canonical_secret(secret)
+        if secret is not None:
             device = self.by_key.get(secret_key(secret))
             if device is not None:
                 return device, secret, False
         if len(self.ids) >= 900_000:
             raise _error("no_free_ids", "no free device ids left")
-        secret = self._new_secret()
-        device = self._random_id()
+        secret = self.new_secret()
+        device = self.random_id()
         while device in self.ids:
-            device = self._random_id()
+            device = self.random_id()
         self.by_key[secret_key(secret)] = device
         self.ids.add(device)
         return device, secret, True

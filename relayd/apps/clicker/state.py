@@ -1,0 +1,84 @@
+"""
+Where the clicker's shared facts live: device identities, each device's latest accepted score, and
+which devices are connected. The adapter asks through IClickerState and gets Deferreds, so one
+protocol handler serves one process (LocalState: ClickerCore plus the durable store) and a cluster
+(relayd.apps.clicker.cluster.RedisState).
+"""
+
+from __future__ import annotations
+
+from twisted.internet import defer
+from zope.interface import Interface, implementer
+
+from relayd.apps.clicker.core import ClickerCore, Score, secret_key
+
+IDENTITIES = "clicker.identity"
+LATEST = "clicker.latest"
+
+
+class IClickerState(Interface):
+    def start() -> defer.Deferred:
+        """Load or prepare what the state needs before the first connection."""
+
+    def identify(secret) -> defer.Deferred:
+        """Fires with (device id, secret) once a new identity is durable."""
+
+    def attach(device: str, connection) -> defer.Deferred:
+        """
+        Make connection the device's live one. Fires with (the connection it replaces on this node or
+        None, whether the device was connected anywhere before).
+        """
+
+    def detach(device: str, connection) -> defer.Deferred:
+        """Fires True when connection was the device's live one (it is now disconnected)."""
+
+    def score(device: str, score: Score) -> defer.Deferred:
+        """Fires True once the score is durable as the device's latest, False for a retry of an accepted one."""
+
+    def snapshot(ids: list) -> defer.Deferred:
+        """Fires with (the ids connected now, {id: (timestamp, score)} of their latest scores)."""
+
+
+@implementer(IClickerState)
+class LocalState:
+    def __init__(self, core: ClickerCore, store):
+        self.core = core
+        self.store = store
+
+    @defer.inlineCallbacks
+    def start(self):
+        identities = yield self.store.items(IDENTITIES)
+        latest = yield self.store.items(LATEST)
+        self.core.load(identities, latest)
+
+    @defer.inlineCallbacks
+    def identify(self, secret):
+        device, secret, new = self.core.identify(secret)
+        if new:
+            try:
+                yield self.store.put(IDENTITIES, secret_key(secret), {"id": device})
+            except Exception:
+                self.core.by_key.pop(secret_key(secret), None)
+                self.core.ids.discard(device)
+                raise
+        return device, secret
+
+    def attach(self, device, connection):
+        previous = self.core.attach(device, connection)
+        return defer.succeed((previous, previous is not None))
+
+    def detach(self, device, connection):
+        return defer.succeed(self.core.detach(device, connection))
+
+    @defer.inlineCallbacks
+    def score(self, device, score):
+        if self.core.is_retry(device, score.timestamp):
+            return False
+        latest = self.core.propose(device, score)
+        yield self.store.put(LATEST, device, latest.to_json())
+        self.core.commit(device, latest)
+        return True
+
+    def snapshot(self, ids):
+        latest = {i: (self.core.latest[i].timestamp, self.core.latest[i].score) for i in ids if i in self.core.latest}
+        return defer.succeed((self.core.connected(ids), latest))
