@@ -73,10 +73,10 @@ class BusConfigTests(TestCase):
 
     def test_apps_without_shared_state_are_refused(self):
         """An app that keeps its rooms per process cannot run with backend = redis: start-up says which."""
-        text = BASE + "[bus]\nbackend = redis\nurl = redis://h\n[app:groovejet]\nlisteners = main\npath = /gj\n"
+        text = BASE + "[bus]\nbackend = redis\nurl = redis://h\n[app:gameroom]\nlisteners = main\npath = /gr\n"
         with self.assertRaises(ConfigError) as caught:
             config.loads(text, path="x.ini")
-        self.assertIn("[app:groovejet]: does not share its state across nodes yet", str(caught.exception))
+        self.assertIn("[app:gameroom]: does not share its state across nodes yet", str(caught.exception))
 
     def test_redis_config(self):
         """backend = redis keeps the parsed URL and the tuning keys."""

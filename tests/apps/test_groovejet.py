@@ -337,6 +337,22 @@ class SnapshotAndExpiryTests(TestCase):
         h.advance(31)
         self.assertEqual(last(guest)["data"]["snapshot"], {"turn": 2})
 
+    def test_resuming_host_gets_the_snapshot_after_resumed(self):
+        """A host resuming its seat gets identity, resumed and then the room's snapshot; its guest hears hostReturned."""
+        h = harness()
+        host, code = gen2_host(h)
+        guest = gen2_guest(h, code)
+        host.send_json({"type": "snapshot", "data": {"turn": 5}})
+        h.flush()
+        token = host.json_messages()[0]["data"]["reconnectToken"]
+        host.sendClose(1000)
+        h.flush()
+        back = h.ws(f"/groovejet/?resume={token}")
+        h.flush()
+        self.assertEqual([m["type"] for m in back.json_messages()], ["identity", "resumed", "snapshot"])
+        self.assertEqual(back.json_messages()[2]["data"], {"turn": 5})
+        self.assertEqual(types(guest)[-1], "hostReturned")
+
     def test_snapshot_survives_restart(self):
         """Snapshots are in the durable store: after a restart a canHost joiner gets the room and its snapshot."""
         store = MemoryStore()

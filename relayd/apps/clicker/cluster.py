@@ -279,6 +279,8 @@ class RedisState:
                 if entry is not None:
                     yield self.cluster.call("HSETNX", self._key("online"), device, entry[0])
             yield self._import_store()
+        except Unavailable as e:
+            _log.warn("clicker: redis went away again while this node wrote its state back: {why}", why=str(e))
         except Exception:
             _log.failure("clicker: writing this node's state to redis failed")
 

@@ -21,6 +21,7 @@ SPEC = AppSpec(
         "max_snapshot_size": Option(size(1), 256 * 1024, "Largest game-state snapshot, as JSON bytes."),
         "max_signal_size": Option(size(1), 64 * 1024, "Largest signal (SDP offer/answer, ICE candidate) data, as JSON bytes."),
     },
+    clustered=True,
     # the original pinged every 10 s; snapshots need room above the 64 KiB default
     limit_defaults={"auto_ping_interval": 10.0, "max_message_size": 512 * 1024, "max_frame_size": 512 * 1024},
 )

@@ -40,6 +40,7 @@ from urllib.parse import parse_qs, urlsplit
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
 from relayd import jsonutil
 from relayd.apps.base import App
@@ -50,6 +51,7 @@ from relayd.ws.frames import Frame
 from relayd.ws.protocol import RelaydProtocol
 
 ROOMS = "groovejet.room"
+MAX_HELD_FRAMES = 64  # frames a client may send while waiting for Redis (several nodes)
 _log = Logger()
 
 
@@ -67,39 +69,63 @@ def _data(value: dict) -> dict:
     return data
 
 
-class GroovejetProtocol(RelaydProtocol):
+class Session:
+    """
+    One client's signalling: identity, lobby, room and signals. It runs where the client's room is:
+    in the client's own connection (GroovejetProtocol), or, on several nodes, in a RemoteClient on
+    the node that owns the room (relayd.apps.groovejet.cluster). Its host gives `app`, `send`,
+    `close` and `report`.
+    """
+
     seat: Seat | None = None
     client_id: str | None = None
+    token: str | None = None
     subscription = None
     first_generation = False
+    params: dict = {}
+    held: list | None = None  # frames waiting for an answer from Redis (several nodes), in order
 
-    def connecting(self, request):
-        # blank values count: the original treats a bare `?host` as host mode
-        self.params = parse_qs(urlsplit(self.http_request_uri).query, keep_blank_values=True)
-        return None
+    def hold(self) -> None:
+        if self.held is None:
+            self.held = []
 
-    def send(self, frame: Frame) -> None:
-        self.send_frame(frame)
+    def release(self) -> None:
+        """What was waiting is answered: the frames held meanwhile go on, in order."""
+        held, self.held = self.held or [], None
+        for payload in held:
+            if not self.still_open() or self.held is not None:
+                if self.held is not None:
+                    self.held.extend(held[held.index(payload):])
+                return
+            self.dispatch(payload)
 
-    def report(self, e: ProtocolError) -> None:
-        self.send(Frame.json({"type": "error", "errorType": e.kind, "errorMessage": e.message}))
-        if e.close:
-            self.close(closecodes.NORMAL, e.message)
+    def failed(self, failure) -> None:
+        """An answer from elsewhere failed: the client hears it in the protocol's error form."""
+        from relayd.backplane.cluster import Unavailable
+
+        if failure.check(ProtocolError):
+            self._protocol_error(failure.value)
+        elif failure.check(Unavailable):
+            self._protocol_error(error("unavailable", "rooms cannot be reached now; try again"))
+        else:
+            _log.failure("groovejet: handling a client failed", failure)
+            self._internal_error()
 
     # ---- identity ------------------------------------------------------------------------------
 
     def _take_identity(self, client_id: str, token: str) -> None:
+        app = self.app
         if self.subscription is not None:
             self.subscription.cancel()
-            self.factory.app.live.pop(self.client_id, None)
+            if app.live.get(self.client_id) is self:
+                del app.live[self.client_id]
         self.client_id, self.token = client_id, token
-        self.subscription = self.factory.app.bus.subscribe(client_channel(client_id), self.send)
-        self.factory.app.live[client_id] = self
+        self.subscription = app.bus.subscribe(client_channel(client_id), self.send)
+        app.live[client_id] = self
 
     def _adopt(self, seat: Seat) -> None:
         """Take over a resumed seat; a connection still holding it (half-dead) is closed."""
-        app: GroovejetApp = self.factory.app
-        previous = app.live.get(seat.client_id)
+        previous = self.app.live.get(seat.client_id)
         if previous is not None and previous is not self:
             previous.seat = None  # its close must not free the seat it lost
             previous.close(closecodes.REPLACED, "resumed on a newer connection")
@@ -110,8 +136,9 @@ class GroovejetProtocol(RelaydProtocol):
         seat = self.seat
         self.send(message("resumed", {"roomCode": seat.room.code, "isHost": seat.is_host, "clientId": seat.client_id}))
 
-    def opened(self) -> None:
-        app: GroovejetApp = self.factory.app
+    def start_session(self, identity: tuple[str, str] | None = None) -> None:
+        """The connection is open: send its identity (or resume its seat) and join as the query says."""
+        app = self.app
         params = self.params
         resume = params.get("resume")
         self.first_generation = "code" in params or "host" in params
@@ -120,14 +147,15 @@ class GroovejetProtocol(RelaydProtocol):
             try:
                 resumed = app.core.resume(resume[0])
             except ProtocolError as e:
-                self.factory.metrics.protocol_error(e.kind)
+                app.metrics.protocol_error(e.kind)
         if resumed is not None:
             self._adopt(resumed)
         else:
-            self._take_identity(*app.core.new_identity())
+            self._take_identity(*(identity or app.core.new_identity()))
         self.send(message("identity", {"clientId": self.client_id, "reconnectToken": self.token}))
         if resumed is not None:
             self._send_resumed()
+            app.core.announce_return(resumed)
             return
         if resume:
             self.send(Frame.json({"type": "error", "errorType": "invalidToken",
@@ -140,7 +168,13 @@ class GroovejetProtocol(RelaydProtocol):
 
     # ---- messages ------------------------------------------------------------------------------
 
-    def received(self, payload: bytes, is_binary: bool) -> None:
+    def handle(self, payload: bytes) -> None:
+        if self.held is not None:
+            if len(self.held) >= MAX_HELD_FRAMES:
+                raise ProtocolError("tooManyMessages", "too many messages while waiting for the room", close=True,
+                                    code=closecodes.POLICY)
+            self.held.append(payload)
+            return
         value = _parse(payload)
         kind = value["type"]
         if self.seat is None:
@@ -149,12 +183,14 @@ class GroovejetProtocol(RelaydProtocol):
             self._in_room(kind, value)
 
     def _lobby(self, kind: str, value: dict) -> None:
-        app: GroovejetApp = self.factory.app
+        app = self.app
         if kind == "createRoom":
-            room = app.core.create_room()
-            self.seat = app.core.join(self.client_id, self.token, room.code, as_host=True, can_host=True,
-                                      first_generation=False)
-            self.send(message("createdRoom", {"roomCode": room.code}))
+            created = app.create_room()
+            if isinstance(created, defer.Deferred):
+                self.hold()
+                created.addCallback(self._created).addErrback(self.failed).addBoth(lambda _: self.release())
+            else:
+                self._created(created)
         elif kind == "joinRoom":
             data = _data(value)
             self.seat = app.core.join(self.client_id, self.token, data.get("roomCode"), as_host=False,
@@ -163,11 +199,17 @@ class GroovejetProtocol(RelaydProtocol):
         elif kind == "resume":
             self._adopt(app.core.resume(_data(value).get("token")))
             self._send_resumed()
+            app.core.announce_return(self.seat)
         else:
             raise error("notInRoom", "join or create a room first")
 
+    def _created(self, room) -> None:
+        self.seat = self.app.core.join(self.client_id, self.token, room.code, as_host=True, can_host=True,
+                                       first_generation=False)
+        self.send(message("createdRoom", {"roomCode": room.code}))
+
     def _in_room(self, kind: str, value: dict) -> None:
-        app: GroovejetApp = self.factory.app
+        app = self.app
         core, seat, options = app.core, self.seat, app.options
         if kind in ("createRoom", "joinRoom", "resume"):
             raise error("alreadyInRoom", "this connection is already in a room")
@@ -210,8 +252,8 @@ class GroovejetProtocol(RelaydProtocol):
             self.send(Frame.json({"type": "error", "errorType": "snapshotNotStored",
                                   "errorMessage": "the snapshot could not be stored"}))
 
-    def closed(self) -> None:
-        app: GroovejetApp = self.factory.app
+    def end_session(self) -> None:
+        app = self.app
         if self.subscription is not None:
             self.subscription.cancel()
             self.subscription = None
@@ -220,6 +262,64 @@ class GroovejetProtocol(RelaydProtocol):
         seat, self.seat = self.seat, None
         if seat is not None:
             app.core.disconnected(seat)
+
+
+class GroovejetProtocol(Session, RelaydProtocol):
+    """A client's WebSocket; its Session runs here, or (several nodes) is piped to the room's node."""
+
+    pipe = None  # relayd.apps.groovejet.cluster.Pipe while the session runs on another node
+
+    @property
+    def app(self) -> "GroovejetApp":
+        return self.factory.app
+
+    def connecting(self, request):
+        # blank values count: the original treats a bare `?host` as host mode
+        self.params = parse_qs(urlsplit(self.http_request_uri).query, keep_blank_values=True)
+        return None
+
+    def send(self, frame: Frame) -> None:
+        self.send_frame(frame)
+
+    def report(self, e: ProtocolError) -> None:
+        self.send(Frame.json({"type": "error", "errorType": e.kind, "errorMessage": e.message}))
+        if e.close:
+            self.close(closecodes.NORMAL, e.message)
+
+    def still_open(self) -> bool:
+        return self.state == self.STATE_OPEN
+
+    def opened(self) -> None:
+        router = self.app.router
+        if router is None:
+            self.start_session()
+        else:
+            self.hold()
+            router.route_opening(self)
+
+    def received(self, payload: bytes, is_binary: bool) -> None:
+        if self.pipe is not None:
+            self.pipe.forward(payload)
+        elif self.held is None and self.seat is None and self.app.router is not None:
+            self.app.router.route_lobby(self, payload)
+        else:
+            self.handle(payload)
+
+    def dispatch(self, payload: bytes) -> None:
+        try:
+            self.received(payload, False)
+        except ProtocolError as e:
+            self._protocol_error(e)
+        except Exception:
+            self._log.failure("groovejet: handling a message failed")
+            self._internal_error()
+
+    def closed(self) -> None:
+        self.held = None
+        if self.pipe is not None:
+            self.pipe.closed()
+            self.pipe = None
+        self.end_session()
 
 
 class Rooms(Resource):
@@ -248,13 +348,41 @@ class Rooms(Resource):
         self._cors(request)
         request.setHeader(b"content-type", b"application/json")
         try:
-            room = self.app.core.create_room()
+            created = self.app.create_room()
         except ProtocolError as e:
-            request.setResponseCode(503)
-            self.app.metrics.http(503)
-            return jsonutil.dumps({"error": e.kind, "message": e.message})
+            return self._refused(request, e)
+        if not isinstance(created, defer.Deferred):
+            return self._created(created, request)
+
+        gone = []
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
+
+        def answer(outcome):
+            if not gone:
+                request.write(outcome)
+                request.finish()
+
+        def failed(failure):
+            from relayd.backplane.cluster import Unavailable
+
+            if failure.check(ProtocolError):
+                return self._refused(request, failure.value)
+            if failure.check(Unavailable):
+                return self._refused(request, error("unavailable", "rooms cannot be reached now; try again"))
+            _log.failure("groovejet: creating a room failed", failure)
+            return self._refused(request, error("internalError", "the room could not be created"))
+
+        created.addCallback(self._created, request).addErrback(failed).addCallback(answer)
+        return NOT_DONE_YET
+
+    def _created(self, room, request) -> bytes:
         self.app.metrics.http(200)
         return jsonutil.dumps({"code": room.code})
+
+    def _refused(self, request, e: ProtocolError) -> bytes:
+        request.setResponseCode(503)
+        self.app.metrics.http(503)
+        return jsonutil.dumps({"error": e.kind, "message": e.message})
 
 
 class GroovejetApp(App):
@@ -263,31 +391,67 @@ class GroovejetApp(App):
     def __init__(self, ctx):
         super().__init__(ctx)
         o = self.options
-        self.live: dict[str, GroovejetProtocol] = {}
+        self.live: dict[str, Session] = {}
+        self.router = None
+        if self.cluster is None:
+            save, forget, seats_changed = self._save, self._forget, None
+        else:
+            from relayd.apps.groovejet.cluster import Router
+
+            ttl = o["room_expiry"] + o["reconnect_grace"] + 3 * self.cluster.node_timeout
+            self.router = Router(self, self.cluster, clock=self.reactor, session_class=Session, record_ttl=ttl)
+            save, forget, seats_changed = self._save_shared, self.router.directory.forget, self._seats_changed
         self.core = Groovejet(
             self.bus, self.reactor,
             grace=o["reconnect_grace"], expiry=o["room_expiry"], max_rooms=o["max_rooms"],
-            migration=o["host_migration"], save_room=self._save, forget_room=self._forget,
+            migration=o["host_migration"], save_room=save, forget_room=forget, seats_changed=seats_changed,
         )
+
+    def create_room(self):
+        """A new room here: at once on one node; on several, once its code is claimed in Redis."""
+        if self.router is None:
+            return self.core.create_room()
+        self.core.check_capacity()
+        return self.router.directory.claim_new_code().addCallback(self.core.create_room)
 
     def _save(self, code: str, record: dict) -> defer.Deferred:
         """Fires True once the room is durable, False (logged) when the store failed."""
         return self.store.put(ROOMS, code, record).addCallbacks(lambda _: True, self._store_failed, errbackArgs=(code,))
 
+    def _save_shared(self, code: str, record: dict) -> defer.Deferred:
+        room = self.core.rooms.get(code)
+        full = room.record(with_seats=True) if room is not None else record
+        return self.router.directory.save(code, full).addErrback(self._store_failed, code)
+
+    def _seats_changed(self, room) -> None:
+        self._save_shared(room.code, room.record(with_seats=True))
+
     def _forget(self, code: str) -> None:
         self.store.delete(ROOMS, code).addErrback(self._store_failed, code)
 
     def _store_failed(self, failure, code) -> bool:
-        _log.failure("groovejet: the store failed for room {code}", failure, code=code)
+        from relayd.backplane.cluster import Unavailable
+
+        if failure.check(Unavailable):
+            _log.warn("groovejet: room {code} not written: redis is unreachable", code=code)
+        else:
+            _log.failure("groovejet: the store failed for room {code}", failure, code=code)
         return False
 
     @defer.inlineCallbacks
     def start(self):
+        if self.router is not None:
+            # several nodes: rooms live in Redis; this node's store is not theirs
+            self.router.startService()
+            return
         for code, record in (yield self.store.items(ROOMS)):
             self.core.restore_room(code, record)
 
     def stop(self):
         self.core.shutdown()
+        if self.router is not None:
+            return self.router.stopService()
+        return None
 
     def http_resource(self):
         root = Resource()

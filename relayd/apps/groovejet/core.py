@@ -42,11 +42,14 @@ def _token_key(token: str) -> str:
 class Seat:
     """A client's place in a room; it outlives the client's connection by the grace period."""
 
-    __slots__ = ("client_id", "token", "room", "is_host", "connected", "since", "grace_timer", "joined_order")
+    __slots__ = ("client_id", "token", "token_key", "room", "is_host", "connected", "since", "grace_timer",
+                 "joined_order")
 
-    def __init__(self, client_id: str, token: str, room: "Room", is_host: bool, since: float, order: int):
+    def __init__(self, client_id: str, token: str | None, room: "Room", is_host: bool, since: float, order: int,
+                 token_key: str | None = None):
         self.client_id = client_id
-        self.token = token
+        self.token = token  # None for a seat restored from a record, until its client resumes
+        self.token_key = token_key if token_key is not None else _token_key(token)
         self.room = room
         self.is_host = is_host
         self.connected = True
@@ -70,8 +73,17 @@ class Room:
     def empty(self) -> bool:
         return self.host is None and not self.guests
 
-    def record(self) -> dict:
-        return {"created": self.created, "snapshot": self.snapshot}
+    def record(self, with_seats: bool = False) -> dict:
+        record = {"created": self.created, "snapshot": self.snapshot}
+        if with_seats:
+            # for another node taking the room over: whose seats are kept (tokens as digests only)
+            record["successor"] = self.successor
+            record["seats"] = [
+                {"client": s.client_id, "token": s.token_key, "host": s.is_host,
+                 "since": s.since, "order": s.joined_order}
+                for s in ([self.host] if self.host else []) + list(self.guests.values())
+            ]
+        return record
 
 
 class Groovejet:
@@ -86,6 +98,7 @@ class Groovejet:
         migration: bool = True,
         save_room: Callable[[str, dict], Any] = lambda code, record: None,
         forget_room: Callable[[str], Any] = lambda code: None,
+        seats_changed: Callable[["Room"], Any] | None = None,
     ):
         self.bus = bus
         self.clock = clock
@@ -95,6 +108,8 @@ class Groovejet:
         self.migration = migration
         self.save_room = save_room
         self.forget_room = forget_room
+        # several nodes: told whenever who sits in a room changes, so the room can be taken over
+        self.seats_changed = seats_changed or (lambda room: None)
         self.rooms: dict[str, Room] = {}
         self.seats_by_token: dict[str, Seat] = {}
         self._order = 0
@@ -106,7 +121,8 @@ class Groovejet:
         return str(uuid.uuid4()), secrets.token_urlsafe(32)
 
     def resume(self, token: Any) -> Seat:
-        """The seat a reconnect token holds, if it is still kept; its client is connected again."""
+        """The seat a reconnect token holds, if it is still kept; its client is connected again.
+        The caller takes the seat's identity, then calls announce_return(seat)."""
         seat = self.seats_by_token.get(_token_key(token)) if isinstance(token, str) else None
         if seat is None:
             raise error("invalidToken", "no seat is kept for this reconnect token")
@@ -114,8 +130,14 @@ class Groovejet:
             seat.grace_timer.cancel()
         seat.grace_timer = None
         seat.connected = True
+        if seat.token is None:
+            seat.token = token  # a seat restored on another node learns its token back
+        self._cancel_expiry(seat.room)
+        return seat
+
+    def announce_return(self, seat: Seat) -> None:
+        """Tell the room a resumed seat is back; a returning host gets the room's snapshot."""
         room = seat.room
-        self._cancel_expiry(room)
         if seat.is_host:
             for guest in room.guests.values():
                 self._send(guest.client_id, message("hostReturned", {"clientId": seat.client_id}))
@@ -123,23 +145,41 @@ class Groovejet:
                 self._send(seat.client_id, message("snapshot", room.snapshot))
         elif room.host is not None:
             self._send(room.host.client_id, message("guestReturned", {"clientId": seat.client_id}))
-        return seat
 
     # ---- rooms ---------------------------------------------------------------------------------
 
-    def create_room(self) -> Room:
+    def check_capacity(self) -> None:
         if len(self.rooms) >= self.max_rooms:
             raise error("tooManyRooms", "the server holds as many rooms as it may")
-        code = self._new_code()
+
+    def create_room(self, code: str | None = None) -> Room:
+        """A new room; code, when given, was claimed for it beforehand (unique across nodes)."""
+        self.check_capacity()
+        code = code if code is not None else self._new_code()
         room = self.rooms[code] = Room(code, self.clock.seconds())
         self.save_room(code, room.record())
         self._schedule_expiry(room)
         return room
 
     def restore_room(self, code: str, record: dict) -> None:
-        """A room from the store after a restart: hostless until someone who can host joins."""
+        """
+        A room from the store after a restart: hostless until someone who can host joins. A record
+        with seats (another node's room, taken over) keeps them for their clients to resume within
+        the grace, as if they had all just disconnected.
+        """
         room = self.rooms[code] = Room(code, record.get("created", self.clock.seconds()))
         room.snapshot = record.get("snapshot")
+        room.successor = record.get("successor")
+        for entry in record.get("seats", ()):
+            self._order = max(self._order, entry["order"])
+            seat = Seat(entry["client"], None, room, entry["host"], entry["since"], entry["order"], entry["token"])
+            seat.connected = False
+            if seat.is_host:
+                room.host = seat
+            else:
+                room.guests[seat.client_id] = seat
+            self.seats_by_token[seat.token_key] = seat
+            seat.grace_timer = self.clock.callLater(self.grace, self._grace_over, seat)
         self._schedule_expiry(room)
 
     def _new_code(self) -> str:
@@ -173,6 +213,7 @@ class Groovejet:
                 self._send(guest.client_id, message("hostReturned", {"clientId": client_id}))
         else:
             room.guests[client_id] = seat
+        self.seats_changed(room)
         return seat
 
     # ---- signalling ----------------------------------------------------------------------------
@@ -208,6 +249,7 @@ class Groovejet:
         if client_id not in seat.room.guests:
             raise error("unknownClient", "no guest with this clientId in the room")
         seat.room.successor = client_id
+        self.seats_changed(seat.room)
 
     # ---- leaving -------------------------------------------------------------------------------
 
@@ -229,13 +271,14 @@ class Groovejet:
         if seat.connected:
             return
         room = seat.room
-        self.seats_by_token.pop(_token_key(seat.token), None)
+        self.seats_by_token.pop(seat.token_key, None)
         if seat.is_host:
             room.host = None
             if self.migration:
                 self._migrate(room)
         else:
             room.guests.pop(seat.client_id, None)
+        self.seats_changed(room)
         if room.empty() or all(not s.connected for s in self._seats(room)):
             self._schedule_expiry(room)
 
@@ -273,10 +316,21 @@ class Groovejet:
         for seat in self._seats(room):
             if seat.grace_timer is not None and seat.grace_timer.active():
                 seat.grace_timer.cancel()
-            self.seats_by_token.pop(_token_key(seat.token), None)
+            self.seats_by_token.pop(seat.token_key, None)
         if self.rooms.get(room.code) is room:
             del self.rooms[room.code]
             self.forget_room(room.code)
+
+    def drop_room(self, code: str) -> None:
+        """Forget a room without a word (another node owns it now); its timers stop, its store record stays."""
+        room = self.rooms.pop(code, None)
+        if room is None:
+            return
+        self._cancel_expiry(room)
+        for seat in self._seats(room):
+            if seat.grace_timer is not None and seat.grace_timer.active():
+                seat.grace_timer.cancel()
+            self.seats_by_token.pop(seat.token_key, None)
 
     def shutdown(self) -> None:
         """Cancel every timer (the daemon is stopping; rooms stay in the store)."""

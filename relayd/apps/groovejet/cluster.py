@@ -1,0 +1,441 @@
+"""
+groovejet on many nodes: every room has one owner node, which runs its seats, timers, migration and
+snapshots; a client connected to another node is piped to it.
+
+Redis holds (under `<prefix>:groovejet:`): `room:<code>`, the owner's lease (so codes are unique in
+the cluster); `record:<code>`, the room's record with its seats (token digests only) and snapshot;
+`token:<digest>`, the room a reconnect token belongs to. Records and tokens expire `record_ttl`
+after the owner last touched them (every third of node_timeout while it owns the room).
+
+A connection finds its room from its query (`code`, `resume`) or its first `joinRoom` / `resume`
+message. If the room is here, its Session runs here. If another node owns it, a Pipe carries the
+client's frames to that node's RemoteHost, where a RemoteClient runs the Session and sends back
+on the pipe's channel. If no node owns it but its record exists (its owner died), this node takes
+the lease and restores the room with its seats, so clients resume with their tokens.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import secrets
+
+from twisted.application.service import MultiService
+from twisted.internet import defer
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from relayd import jsonutil
+from relayd.apps.groovejet.core import CODE_ALPHABET, CODE_LENGTH, _token_key, error
+from relayd.backplane import codec
+from relayd.backplane.cluster import Cluster, Unavailable
+from relayd.backplane.leases import Leases
+from relayd.errors import ProtocolError
+from relayd.ws import closecodes
+from relayd.ws.frames import Frame
+
+_log = Logger()
+
+SERVICE_RESTART = 1012  # the room moved to another node: reconnect (and resume)
+
+
+class PipeMessage:
+    """Between a client's node and its room's node: open, frame, gone (to the room) and close (back)."""
+
+    __slots__ = ("kind", "key", "body")
+
+    def __init__(self, kind: str, key: str, body: bytes = b""):
+        self.kind = kind
+        self.key = key
+        self.body = body
+
+    def to_bus(self) -> bytes:
+        return self.kind.encode() + self.key.encode() + b"\n" + self.body
+
+    @classmethod
+    def from_bus(cls, data: bytes) -> "PipeMessage":
+        kind, rest = data[:1].decode(), data[1:]
+        key, sep, body = rest.partition(b"\n")
+        if kind not in "ofgc" or not sep:
+            raise ValueError("not a groovejet pipe message")
+        return cls(kind, key.decode(), body)
+
+
+codec.register(b"j", PipeMessage, PipeMessage.to_bus, PipeMessage.from_bus)
+
+
+def node_channel(node_id: str) -> str:
+    return "groovejet:node:" + node_id
+
+
+class Directory:
+    """Which node owns which room, the rooms' records, and which room a token belongs to."""
+
+    def __init__(self, cluster: Cluster, leases: Leases, record_ttl: float):
+        self.cluster = cluster
+        self.leases = leases
+        self.ttl_ms = int(record_ttl * 1000)
+
+    def _record_key(self, code: str) -> str:
+        return self.cluster.key("groovejet", "record", code)
+
+    def _token_key(self, digest: str) -> str:
+        return self.cluster.key("groovejet", "token", digest)
+
+    @defer.inlineCallbacks
+    def claim_new_code(self):
+        for _ in range(32):
+            code = "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
+            if (yield self.leases.claim(code)):
+                return code
+        raise error("tooManyRooms", "no free room code found; try again")
+
+    @defer.inlineCallbacks
+    def save(self, code: str, record: dict):
+        yield self.cluster.call("SET", self._record_key(code), jsonutil.dumps(record), "PX", self.ttl_ms)
+        for seat in record.get("seats", ()):
+            yield self.cluster.call("SET", self._token_key(seat["token"]), code, "PX", self.ttl_ms)
+        return True
+
+    def forget(self, code: str) -> None:
+        self.cluster.call("DEL", self._record_key(code)).addErrback(lambda f: None)
+        self.leases.release(code)
+
+    def touch(self, code: str, token_digests: list[str]) -> None:
+        for key in [self._record_key(code)] + [self._token_key(t) for t in token_digests]:
+            self.cluster.call("PEXPIRE", key, self.ttl_ms).addErrback(lambda f: None)
+
+    def owner(self, code: str):
+        return self.leases.holder(code)
+
+    def room_of_token(self, token) -> defer.Deferred:
+        if not isinstance(token, str):
+            return defer.succeed(None)
+        d = self.cluster.call("GET", self._token_key(_token_key(token)))
+        return d.addCallback(lambda code: None if code is None else code.decode())
+
+    @defer.inlineCallbacks
+    def take_over(self, code: str):
+        """The record of an ownerless room, now this node's; None when there is none or another node was first."""
+        raw = yield self.cluster.call("GET", self._record_key(code))
+        if raw is None or not (yield self.leases.claim(code)):
+            return None
+        return json.loads(raw)
+
+
+class Pipe:
+    """The client's side: its frames to the room's node, what that node sends back to the client."""
+
+    _numbers = itertools.count(1)
+
+    def __init__(self, router: "Router", conn, owner: str, code: str):
+        self.router = router
+        self.conn = conn
+        self.owner = owner
+        self.code = code
+        self.key = f"{router.cluster.node_id}:{next(self._numbers)}"
+        self.reply = "groovejet:pipe:" + self.key
+        self.ready = False
+        self.gone = False
+        self.pending: list[bytes] = []
+        self.subscription = router.bus.subscribe(self.reply, self._from_room)
+        router.pipes[self.key] = self
+
+    def open(self, announce: bool, identity: tuple[str, str]) -> None:
+        body = jsonutil.dumps({"reply": self.reply, "params": self.conn.params, "announce": announce,
+                               "client_id": identity[0], "token": identity[1]})
+
+        def subscribed(_):
+            if self.gone:
+                return
+            self._to_room("o", body)
+            self.ready = True
+            pending, self.pending = self.pending, []
+            for payload in pending:
+                self._to_room("f", payload)
+
+        self.router.bus.when_subscribed(self.reply).addCallback(subscribed)
+
+    def forward(self, payload: bytes) -> None:
+        if self.ready:
+            self._to_room("f", payload)
+        else:
+            self.pending.append(payload)
+
+    def _to_room(self, kind: str, body: bytes) -> None:
+        self.router.bus.publish(node_channel(self.owner), PipeMessage(kind, self.key, body))
+
+    def _from_room(self, message) -> None:
+        if isinstance(message, PipeMessage):
+            if message.kind == "c":
+                code, _, reason = message.body.decode().partition(" ")
+                self.conn.close(int(code), reason)
+        else:
+            self.conn.send(message)
+
+    def closed(self) -> None:
+        if self.gone:
+            return
+        self.gone = True
+        self.subscription.cancel()
+        self.router.pipes.pop(self.key, None)
+        if self.ready:
+            self._to_room("g", b"")
+
+    def moved(self) -> None:
+        """The room's node died or gave the room up: the client reconnects and resumes elsewhere."""
+        self.conn.close(SERVICE_RESTART, "the room moved to another node; reconnect")
+
+
+class RemoteClient:
+    """The room's side of a pipe: a Session for a client on another node (see the adapter's Session)."""
+
+    def __init__(self, app, key: str, reply: str, params: dict):
+        self.app = app
+        self.key = key
+        self.reply = reply
+        self.params = params
+        self.open = True
+
+    def send(self, frame: Frame) -> None:
+        if self.open:
+            self.app.bus.publish(self.reply, frame)
+
+    def report(self, e: ProtocolError) -> None:
+        self.send(Frame.json({"type": "error", "errorType": e.kind, "errorMessage": e.message}))
+        if e.close:
+            self.close(closecodes.NORMAL, e.message)
+
+    def close(self, code: int, reason: str = "") -> None:
+        if not self.open:
+            return
+        self.app.bus.publish(self.reply, PipeMessage("c", self.key, f"{code} {reason}".encode()))
+        self.gone()
+
+    def gone(self) -> None:
+        if self.open:
+            self.open = False
+            self.app.router.host.clients.pop(self.key, None)
+            self.end_session()
+
+    def still_open(self) -> bool:
+        return self.open
+
+    def _protocol_error(self, e: ProtocolError) -> None:
+        self.app.metrics.protocol_error(e.kind)
+        _log.info("groovejet: protocol error from a client on another node: {kind}: {message}",
+                  kind=e.kind, message=e.message)
+        self.report(e)
+
+    def _internal_error(self) -> None:
+        self.close(closecodes.INTERNAL_ERROR, "internal error")
+
+    def dispatch(self, payload: bytes) -> None:
+        try:
+            self.handle(payload)
+        except ProtocolError as e:
+            self._protocol_error(e)
+        except Exception:
+            _log.failure("groovejet: handling a piped message failed")
+            self._internal_error()
+
+
+class RemoteHost:
+    """This node's end of every pipe whose room is here."""
+
+    def __init__(self, app, cluster: Cluster, session_class):
+        self.app = app
+        self.cluster = cluster
+        self.remote_class = type("RemoteSession", (RemoteClient, session_class), {})
+        self.clients: dict[str, RemoteClient] = {}
+        self.subscription = app.bus.subscribe(node_channel(cluster.node_id), self._arrived)
+
+    def _arrived(self, message) -> None:
+        if not isinstance(message, PipeMessage):
+            return
+        if message.kind == "o":
+            self._open(message.key, json.loads(message.body))
+            return
+        client = self.clients.get(message.key)
+        if client is None:
+            return
+        if message.kind == "f":
+            client.dispatch(message.body)
+        elif message.kind == "g":
+            client.gone()
+
+    def _open(self, key: str, body: dict) -> None:
+        client = self.remote_class(self.app, key, body["reply"], body["params"])
+        self.clients[key] = client
+        identity = (body["client_id"], body["token"])
+        try:
+            if body["announce"]:
+                client.start_session(identity)
+            else:
+                client._take_identity(*identity)
+        except ProtocolError as e:
+            client._protocol_error(e)
+
+    def drop_nodes(self, dead: set[str]) -> None:
+        """Clients whose node died are gone, as if their connections had closed."""
+        for key, client in list(self.clients.items()):
+            if key.rsplit(":", 1)[0] in dead:
+                client.gone()
+
+
+class Router(MultiService):
+    """Where each client's Session runs, and the loops that keep rooms and pipes true."""
+
+    def __init__(self, app, cluster: Cluster, *, clock, session_class, record_ttl: float):
+        super().__init__()
+        self.app = app
+        self.cluster = cluster
+        self.bus = app.bus
+        self.leases = Leases(cluster, "groovejet:room", clock=clock, lost=self._lost)
+        self.leases.setServiceParent(self)
+        self.directory = Directory(cluster, self.leases, record_ttl)
+        self.pipes: dict[str, Pipe] = {}
+        self.host = RemoteHost(app, cluster, session_class)
+        self._loop = LoopingCall(self.keep)
+        self._loop.clock = clock
+
+    # ---- where a client goes -------------------------------------------------------------------
+
+    def route_opening(self, conn) -> None:
+        """A new connection (held): its query names a room, a resume token, or neither (lobby)."""
+        resume, codes = conn.params.get("resume"), conn.params.get("code", [])
+        if resume and len(resume) == 1:
+            d = self.directory.room_of_token(resume[0])
+        else:
+            d = defer.succeed(codes[0].lower() if len(codes) == 1 and codes[0] else None)
+        d.addCallback(self._place)
+        d.addCallbacks(self._opened_at, self._opening_failed, callbackArgs=(conn,), errbackArgs=(conn,))
+
+    def _opened_at(self, where, conn) -> None:
+        if not conn.still_open():
+            return
+        node, code = where
+        if node is None:
+            held, conn.held = conn.held, None
+            try:
+                conn.start_session()
+            except ProtocolError as e:
+                conn._protocol_error(e)
+            conn.held = held
+        else:
+            conn.pipe = Pipe(self, conn, node, code)
+            conn.pipe.open(announce=True, identity=self.app.core.new_identity())
+        conn.release()
+
+    def _opening_failed(self, failure, conn) -> None:
+        if not conn.still_open():
+            return
+        if failure.check(Unavailable):
+            conn.send(Frame.json({"type": "error", "errorType": "unavailable",
+                                  "errorMessage": "rooms cannot be reached now; try again"}))
+            conn.close(closecodes.TRY_AGAIN_LATER, "rooms cannot be reached now")
+        else:
+            conn.failed(failure)
+
+    def route_lobby(self, conn, payload: bytes) -> None:
+        """A lobby message: joinRoom and resume go where their room is; the rest is handled here."""
+        from relayd.apps.groovejet.adapter import _parse
+
+        value = _parse(payload)
+        data = value.get("data") if isinstance(value.get("data"), dict) else {}
+        if value["type"] == "joinRoom" and isinstance(data.get("roomCode"), str) and data["roomCode"]:
+            d = self._place(data["roomCode"].lower())
+        elif value["type"] == "resume":
+            d = self.directory.room_of_token(data.get("token")).addCallback(self._place)
+        else:
+            conn.handle(payload)
+            return
+        conn.hold()
+        d.addCallbacks(self._lobby_at, self._lobby_failed, callbackArgs=(conn, payload), errbackArgs=(conn,))
+
+    def _lobby_at(self, where, conn, payload: bytes) -> None:
+        if not conn.still_open():
+            return
+        node, code = where
+        if node is None:
+            held, conn.held = conn.held, None
+            try:
+                conn.handle(payload)
+            except ProtocolError as e:
+                conn._protocol_error(e)
+            conn.held = held
+        else:
+            identity = (conn.client_id, conn.token)
+            conn.end_session()  # the identity's session moves to the room's node
+            conn.pipe = Pipe(self, conn, node, code)
+            conn.pipe.open(announce=False, identity=identity)
+            conn.pipe.forward(payload)
+        conn.release()
+
+    def _lobby_failed(self, failure, conn) -> None:
+        if conn.still_open():
+            conn.failed(failure)
+            conn.release()
+
+    @defer.inlineCallbacks
+    def _place(self, code):
+        """(None, code) when the room is (or is now) here or nowhere, else (its node, code)."""
+        if code is None or code in self.app.core.rooms:
+            return None, code
+        holder = yield self.directory.owner(code)
+        if holder is None:
+            record = yield self.directory.take_over(code)
+            if record is not None:
+                if code not in self.app.core.rooms:
+                    self.app.core.restore_room(code, record)
+                    _log.info("groovejet: took over room {code} from a node that is gone", code=code)
+                return None, code
+            holder = yield self.directory.owner(code)
+        if holder is None or holder == self.cluster.node_id:
+            return None, code  # no such room: the Session here answers noRoomFound
+        return holder, code
+
+    # ---- keeping it true -----------------------------------------------------------------------
+
+    def keep(self) -> None:
+        if not self.cluster.up:
+            return
+        core = self.app.core
+        for code, room in list(core.rooms.items()):
+            seats = ([room.host] if room.host else []) + list(room.guests.values())
+            self.directory.touch(code, [s.token_key for s in seats])
+        for pipe in list(self.pipes.values()):
+            self.directory.owner(pipe.code).addCallbacks(
+                lambda holder, pipe=pipe: holder != pipe.owner and pipe.moved(), self._failed)
+        nodes = {key.rsplit(":", 1)[0] for key in self.host.clients}
+        for node in nodes:
+            self.cluster.call("EXISTS", self.cluster.node_key(node)).addCallbacks(
+                lambda alive, node=node: alive or self.host.drop_nodes({node}), self._failed)
+
+    def _lost(self, code: str) -> None:
+        """Another node owns this room now (this one was cut off): its clients here reconnect there."""
+        core = self.app.core
+        room = core.rooms.get(code)
+        if room is None:
+            return
+        for seat in ([room.host] if room.host else []) + list(room.guests.values()):
+            session = self.app.live.get(seat.client_id)
+            if session is not None:
+                session.seat = None
+                session.close(SERVICE_RESTART, "the room moved to another node; reconnect")
+        core.drop_room(code)
+
+    @staticmethod
+    def _failed(failure) -> None:
+        if not failure.check(Unavailable):
+            _log.failure("groovejet: keeping rooms true failed", failure)
+
+    def startService(self):
+        super().startService()
+        self._loop.start(self.cluster.node_timeout / 3, now=False).addErrback(
+            lambda f: _log.failure("groovejet: room upkeep stopped", f))
+
+    def stopService(self):
+        if self._loop.running:
+            self._loop.stop()
+        return super().stopService()
