@@ -16,7 +16,6 @@ the lease and restores the room with its seats, so clients resume with their tok
 
 from __future__ import annotations
 
-import itertools
 import json
 import secrets
 
@@ -27,45 +26,14 @@ from twisted.logger import Logger
 
 from relayd import jsonutil
 from relayd.apps.groovejet.core import CODE_ALPHABET, CODE_LENGTH, _token_key, error
-from relayd.backplane import codec
 from relayd.backplane.cluster import Cluster, Unavailable
 from relayd.backplane.leases import Leases
+from relayd.backplane.pipes import SERVICE_RESTART, Pipes, RemoteEnd
 from relayd.errors import ProtocolError
 from relayd.ws import closecodes
 from relayd.ws.frames import Frame
 
 _log = Logger()
-
-SERVICE_RESTART = 1012  # the room moved to another node: reconnect (and resume)
-
-
-class PipeMessage:
-    """Between a client's node and its room's node: open, frame, gone (to the room) and close (back)."""
-
-    __slots__ = ("kind", "key", "body")
-
-    def __init__(self, kind: str, key: str, body: bytes = b""):
-        self.kind = kind
-        self.key = key
-        self.body = body
-
-    def to_bus(self) -> bytes:
-        return self.kind.encode() + self.key.encode() + b"\n" + self.body
-
-    @classmethod
-    def from_bus(cls, data: bytes) -> "PipeMessage":
-        kind, rest = data[:1].decode(), data[1:]
-        key, sep, body = rest.partition(b"\n")
-        if kind not in "ofgc" or not sep:
-            raise ValueError("not a groovejet pipe message")
-        return cls(kind, key.decode(), body)
-
-
-codec.register(b"j", PipeMessage, PipeMessage.to_bus, PipeMessage.from_bus)
-
-
-def node_channel(node_id: str) -> str:
-    return "groovejet:node:" + node_id
 
 
 class Directory:
@@ -123,164 +91,21 @@ class Directory:
         return json.loads(raw)
 
 
-class Pipe:
-    """The client's side: its frames to the room's node, what that node sends back to the client."""
+class RemoteClient(RemoteEnd):
+    """The room's side of a pipe; mixed with the adapter's Session (see Router.__init__)."""
 
-    _numbers = itertools.count(1)
-
-    def __init__(self, router: "Router", conn, owner: str, code: str):
-        self.router = router
-        self.conn = conn
-        self.owner = owner
-        self.code = code
-        self.key = f"{router.cluster.node_id}:{next(self._numbers)}"
-        self.reply = "groovejet:pipe:" + self.key
-        self.ready = False
-        self.gone = False
-        self.pending: list[bytes] = []
-        self.subscription = router.bus.subscribe(self.reply, self._from_room)
-        router.pipes[self.key] = self
-
-    def open(self, announce: bool, identity: tuple[str, str]) -> None:
-        body = jsonutil.dumps({"reply": self.reply, "params": self.conn.params, "announce": announce,
-                               "client_id": identity[0], "token": identity[1]})
-
-        def subscribed(_):
-            if self.gone:
-                return
-            self._to_room("o", body)
-            self.ready = True
-            pending, self.pending = self.pending, []
-            for payload in pending:
-                self._to_room("f", payload)
-
-        self.router.bus.when_subscribed(self.reply).addCallback(subscribed)
-
-    def forward(self, payload: bytes) -> None:
-        if self.ready:
-            self._to_room("f", payload)
-        else:
-            self.pending.append(payload)
-
-    def _to_room(self, kind: str, body: bytes) -> None:
-        self.router.bus.publish(node_channel(self.owner), PipeMessage(kind, self.key, body))
-
-    def _from_room(self, message) -> None:
-        if isinstance(message, PipeMessage):
-            if message.kind == "c":
-                code, _, reason = message.body.decode().partition(" ")
-                self.conn.close(int(code), reason)
-        else:
-            self.conn.send(message)
-
-    def closed(self) -> None:
-        if self.gone:
-            return
-        self.gone = True
-        self.subscription.cancel()
-        self.router.pipes.pop(self.key, None)
-        if self.ready:
-            self._to_room("g", b"")
-
-    def moved(self) -> None:
-        """The room's node died or gave the room up: the client reconnects and resumes elsewhere."""
-        self.conn.close(SERVICE_RESTART, "the room moved to another node; reconnect")
-
-
-class RemoteClient:
-    """The room's side of a pipe: a Session for a client on another node (see the adapter's Session)."""
-
-    def __init__(self, app, key: str, reply: str, params: dict):
+    def __init__(self, pipes: Pipes, key: str, reply: str, app, params: dict):
+        RemoteEnd.__init__(self, pipes, key, reply)
         self.app = app
-        self.key = key
-        self.reply = reply
         self.params = params
-        self.open = True
-
-    def send(self, frame: Frame) -> None:
-        if self.open:
-            self.app.bus.publish(self.reply, frame)
 
     def report(self, e: ProtocolError) -> None:
         self.send(Frame.json({"type": "error", "errorType": e.kind, "errorMessage": e.message}))
         if e.close:
             self.close(closecodes.NORMAL, e.message)
 
-    def close(self, code: int, reason: str = "") -> None:
-        if not self.open:
-            return
-        self.app.bus.publish(self.reply, PipeMessage("c", self.key, f"{code} {reason}".encode()))
-        self.gone()
-
-    def gone(self) -> None:
-        if self.open:
-            self.open = False
-            self.app.router.host.clients.pop(self.key, None)
-            self.end_session()
-
-    def still_open(self) -> bool:
-        return self.open
-
-    def _protocol_error(self, e: ProtocolError) -> None:
-        self.app.metrics.protocol_error(e.kind)
-        _log.info("groovejet: protocol error from a client on another node: {kind}: {message}",
-                  kind=e.kind, message=e.message)
-        self.report(e)
-
-    def _internal_error(self) -> None:
-        self.close(closecodes.INTERNAL_ERROR, "internal error")
-
-    def dispatch(self, payload: bytes) -> None:
-        try:
-            self.handle(payload)
-        except ProtocolError as e:
-            self._protocol_error(e)
-        except Exception:
-            _log.failure("groovejet: handling a piped message failed")
-            self._internal_error()
-
-
-class RemoteHost:
-    """This node's end of every pipe whose room is here."""
-
-    def __init__(self, app, cluster: Cluster, session_class):
-        self.app = app
-        self.cluster = cluster
-        self.remote_class = type("RemoteSession", (RemoteClient, session_class), {})
-        self.clients: dict[str, RemoteClient] = {}
-        self.subscription = app.bus.subscribe(node_channel(cluster.node_id), self._arrived)
-
-    def _arrived(self, message) -> None:
-        if not isinstance(message, PipeMessage):
-            return
-        if message.kind == "o":
-            self._open(message.key, json.loads(message.body))
-            return
-        client = self.clients.get(message.key)
-        if client is None:
-            return
-        if message.kind == "f":
-            client.dispatch(message.body)
-        elif message.kind == "g":
-            client.gone()
-
-    def _open(self, key: str, body: dict) -> None:
-        client = self.remote_class(self.app, key, body["reply"], body["params"])
-        self.clients[key] = client
-        identity = (body["client_id"], body["token"])
-        try:
-            if body["announce"]:
-                client.start_session(identity)
-            else:
-                client._take_identity(*identity)
-        except ProtocolError as e:
-            client._protocol_error(e)
-
-    def drop_nodes(self, dead: set[str]) -> None:
-        """Clients whose node died are gone, as if their connections had closed."""
-        for key, client in list(self.clients.items()):
-            if key.rsplit(":", 1)[0] in dead:
-                client.gone()
+    def session_over(self) -> None:
+        self.end_session()
 
 
 class Router(MultiService):
@@ -294,8 +119,8 @@ class Router(MultiService):
         self.leases = Leases(cluster, "groovejet:room", clock=clock, lost=self._lost)
         self.leases.setServiceParent(self)
         self.directory = Directory(cluster, self.leases, record_ttl)
-        self.pipes: dict[str, Pipe] = {}
-        self.host = RemoteHost(app, cluster, session_class)
+        self.remote_class = type("RemoteSession", (RemoteClient, session_class), {})
+        self.pipes = Pipes(app.bus, cluster, "groovejet", app.metrics, self._open_remote)
         self._loop = LoopingCall(self.keep)
         self._loop.clock = clock
 
@@ -323,9 +148,24 @@ class Router(MultiService):
                 conn._protocol_error(e)
             conn.held = held
         else:
-            conn.pipe = Pipe(self, conn, node, code)
-            conn.pipe.open(announce=True, identity=self.app.core.new_identity())
+            conn.pipe = self._pipe(conn, node, code, True, self.app.core.new_identity())
         conn.release()
+
+    def _pipe(self, conn, node: str, code: str, announce: bool, identity: tuple[str, str]):
+        return self.pipes.connect(conn, node, code, {"params": conn.params, "announce": announce,
+                                                       "client_id": identity[0], "token": identity[1]})
+
+    def _open_remote(self, pipes: Pipes, key: str, reply: str, body: dict):
+        client = self.remote_class(pipes, key, reply, self.app, body["params"])
+        identity = (body["client_id"], body["token"])
+        try:
+            if body["announce"]:
+                client.start_session(identity)
+            else:
+                client._take_identity(*identity)
+        except ProtocolError as e:
+            client._protocol_error(e)
+        return client
 
     def _opening_failed(self, failure, conn) -> None:
         if not conn.still_open():
@@ -367,8 +207,7 @@ class Router(MultiService):
         else:
             identity = (conn.client_id, conn.token)
             conn.end_session()  # the identity's session moves to the room's node
-            conn.pipe = Pipe(self, conn, node, code)
-            conn.pipe.open(announce=False, identity=identity)
+            conn.pipe = self._pipe(conn, node, code, False, identity)
             conn.pipe.forward(payload)
         conn.release()
 
@@ -404,13 +243,7 @@ class Router(MultiService):
         for code, room in list(core.rooms.items()):
             seats = ([room.host] if room.host else []) + list(room.guests.values())
             self.directory.touch(code, [s.token_key for s in seats])
-        for pipe in list(self.pipes.values()):
-            self.directory.owner(pipe.code).addCallbacks(
-                lambda holder, pipe=pipe: holder != pipe.owner and pipe.moved(), self._failed)
-        nodes = {key.rsplit(":", 1)[0] for key in self.host.clients}
-        for node in nodes:
-            self.cluster.call("EXISTS", self.cluster.node_key(node)).addCallbacks(
-                lambda alive, node=node: alive or self.host.drop_nodes({node}), self._failed)
+        self.pipes.check(self.directory.owner)
 
     def _lost(self, code: str) -> None:
         """Another node owns this room now (this one was cut off): its clients here reconnect there."""
