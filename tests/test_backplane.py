@@ -73,10 +73,22 @@ class BusConfigTests(TestCase):
 
     def test_apps_without_shared_state_are_refused(self):
         """An app that keeps its rooms per process cannot run with backend = redis: start-up says which."""
-        text = BASE + "[bus]\nbackend = redis\nurl = redis://h\n[app:gameroom]\nlisteners = main\npath = /gr\n"
+        from relayd.apps.base import AppSpec
+        from relayd.apps.registry import APPS
+
+        APPS["solo"] = AppSpec(name="solo", build=lambda ctx: None)
+        self.addCleanup(APPS.pop, "solo")
+        text = BASE + "[bus]\nbackend = redis\nurl = redis://h\n[app:solo]\nlisteners = main\npath = /solo\n"
         with self.assertRaises(ConfigError) as caught:
             config.loads(text, path="x.ini")
-        self.assertIn("[app:gameroom]: does not share its state across nodes yet", str(caught.exception))
+        self.assertIn("[app:solo]: does not share its state across nodes yet", str(caught.exception))
+
+    def test_every_shipped_app_runs_on_several_nodes(self):
+        """Each of the five apps (and the echo app) shares its state, so a config may use them all with redis."""
+        text = BASE + "[bus]\nbackend = redis\nurl = redis://h\n" + "".join(
+            f"[app:{name}]\nlisteners = main\npath = /{name}\n"
+            for name in ("wikispeedruns", "clicker", "groovejet", "gameroom", "carparty"))
+        self.assertEqual(len(config.loads(text, path="x.ini").apps), 6)
 
     def test_redis_config(self):
         """backend = redis keeps the parsed URL and the tuning keys."""

@@ -42,6 +42,12 @@ path = /clicker
 listeners = main
 path = /groovejet
 reconnect_grace = {grace}
+
+[app:gameroom]
+listeners = main
+path = /gameroom
+create_token = cluster-test-token-0123456789
+persist_interval = 0.05
 """
 
 
@@ -622,3 +628,96 @@ class GroovejetAcrossNodes(ClusterTestCase):
         for client in (host2, guest2):
             client.sendClose(1000)
             yield client.when_closed
+
+
+class GameroomAcrossNodes(ClusterTestCase):
+    @defer.inlineCallbacks
+    def create(self, node: Daemon, players: int = 2) -> str:
+        from io import BytesIO
+
+        from twisted.web.client import FileBodyProducer
+        from twisted.web.http_headers import Headers
+
+        body = json.dumps({"engine": "counter@1", "seed": 3, "players": players}).encode()
+        response = yield Agent(reactor).request(
+            b"POST", f"http://127.0.0.1:{node.port()}/gameroom/create".encode(),
+            Headers({b"authorization": [b"Bearer cluster-test-token-0123456789"]}), FileBodyProducer(BytesIO(body)))
+        self.assertEqual(response.code, 201)
+        return json.loads((yield readBody(response)))["id"]
+
+    @defer.inlineCallbacks
+    def play(self, node: Daemon, room_id: str, player, rejoin: bool = False):
+        from tests.test_faults import LivePlayer
+
+        client = yield node.connect(f"/gameroom/play/{room_id}")
+        live = LivePlayer(client, player)
+        client.send_json(player.rejoin() if rejoin else player.join())
+        return live
+
+    @defer.inlineCallbacks
+    def until_turn(self, players, turn: int):
+        yield until(lambda: all(p.player.executed >= turn for p in players), seconds=20, what=f"turn {turn}")
+
+    @defer.inlineCallbacks
+    def test_players_on_other_nodes_play_in_lock_step(self):
+        """A room created on node a ticks there; players on nodes b and c play it in lock-step and agree on every hash."""
+        from relayd.apps.gameroom.reference import ReferencePlayer
+
+        yield self.start_cluster(3)
+        a, b, c = self.nodes
+        room_id = yield self.create(a)
+        players = []
+        for i, node in enumerate((b, c)):
+            players.append((yield self.play(node, room_id, ReferencePlayer(name=f"p{i}"))))
+        yield self.until_turn(players, 20)
+        self.assertEqual(players[0].player.hashes[20], players[1].player.hashes[20])
+        self.assertIn(room_id, a.service.apps["gameroom"].core.running)
+        self.assertNotIn(room_id, b.service.apps["gameroom"].core.rooms)
+        code, body = yield get(c, f"/gameroom/rooms/{room_id}")  # as node a last wrote it
+        self.assertEqual((code, json.loads(body)["id"]), (200, room_id))
+        watcher = yield c.connect(f"/gameroom/watch/{room_id}")
+        yield until(lambda: len(watcher.messages) > 5, what="the spectator to get the log")
+        for client in [p.client for p in players] + [watcher]:
+            client.sendClose(1000)
+            yield client.when_closed
+
+    @defer.inlineCallbacks
+    def test_room_of_a_dead_node_is_taken_over(self):
+        """
+        The room's node dies mid-game: its players elsewhere are told to reconnect (1012), rejoin with
+        their session tokens on another node, which takes the room over from Redis, and the game goes on.
+        """
+        from relayd.apps.gameroom.reference import ReferencePlayer
+
+        yield self.start_cluster(3, node_timeout=1)
+        a, b, c = self.nodes
+        room_id = yield self.create(a)
+        players = []
+        for i, node in enumerate((b, c)):
+            players.append((yield self.play(node, room_id, ReferencePlayer(name=f"p{i}"))))
+        yield self.until_turn(players, 10)
+        for p in players:
+            p.player.player_id = None  # stop sending, so the log stops growing
+        yield later(0.5)  # the last turns reach the players and node a writes them
+        a.service.cluster.stopService = lambda: None
+        router = a.service.apps["gameroom"].router
+        router.leases._renewer.stop()
+        router.leases.stopService = lambda: None
+        a.service.apps["gameroom"].scheduler.stop()
+        a.service.apps["gameroom"]._persist.stop()
+        a.service.cluster._heartbeat.stop()
+        yield a.service.bus.stopService()
+        for p in players:
+            self.assertEqual((yield p.client.when_closed), 1012)
+        executed = max(p.player.executed for p in players)
+        resumed = []
+        for p in players:
+            p.player.player_id = "rejoining"
+            resumed.append((yield self.play(b, room_id, p.player, rejoin=True)))
+        yield self.until_turn(resumed, executed + 10)
+        target = executed + 10
+        self.assertEqual(resumed[0].player.hashes[target], resumed[1].player.hashes[target])
+        self.assertIn(room_id, b.service.apps["gameroom"].core.rooms)
+        for p in resumed:
+            p.client.sendClose(1000)
+            yield p.client.when_closed

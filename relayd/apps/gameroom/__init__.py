@@ -43,4 +43,5 @@ SPEC = AppSpec(
         "persist_interval": Option(number(0.01, 60), 0.2, "Seconds between writes of changed rooms to the store."),
     },
     validate=_validate,
+    clustered=True,
 )

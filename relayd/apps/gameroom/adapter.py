@@ -33,10 +33,12 @@ from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
 from relayd import jsonutil
 from relayd.apps.base import App
 from relayd.apps.gameroom.core import LOG_CHUNK, GameRoom, Player, Room, Settings, player_channel, room_channel
+from relayd.apps.gameroom.roomstore import LocalRoomStore
 from relayd.apps.gameroom.scheduler import TickScheduler
 from relayd.errors import ProtocolError
 from relayd.web.endpoint import JSONEndpoint
@@ -45,8 +47,6 @@ from relayd.ws.frames import Frame
 from relayd.ws.protocol import RelaydProtocol
 
 _log = Logger()
-META = "gameroom.room"
-LOG = "gameroom.log"
 MAX_CATCHUP = 1000
 
 
@@ -57,57 +57,38 @@ def _parse(payload: bytes) -> dict:
         raise ProtocolError("malformed_message", str(e)) from None
 
 
-class GameRoomProtocol(RelaydProtocol):
+class GameSession:
+    """
+    One client's part in a room: spectating, joining, playing. It runs where the room is: in the
+    client's connection (GameRoomProtocol), or, on several nodes, in a RemoteEnd on the room's owner
+    node (relayd.apps.gameroom.cluster). Its host gives `app`, `room`, `mode`, `send`, `close`, `report`.
+    """
+
     room: Room | None = None
     player: Player | None = None
     spectator = False
     subscriptions = ()
+    mode = "play"
 
-    def connecting(self, request):
-        app: GameRoomApp = self.factory.app
-        parts = [p for p in urlsplit(self.http_request_uri).path.split("/") if p]
-        mount = [p for p in app.ctx.config.path.split("/") if p]
-        rest = parts[len(mount):]
-        if rest[:1] == ["join"]:
-            ids = parse_qs(urlsplit(self.http_request_uri).query).get("game_id", [])
-            mode, room_id = "play", ids[0] if len(ids) == 1 else None
-        elif len(rest) == 2 and rest[0] in ("play", "watch"):
-            mode, room_id = rest
-        else:
-            raise ConnectionDeny(404, "use /play/<id> or /watch/<id>")
-        room = app.core.rooms.get(room_id or "")
-        if room is None:
-            raise ConnectionDeny(404, "no such room")
-        self.room, self.mode = room, mode
-        return None
-
-    def send(self, frame: Frame) -> None:
-        self.send_frame(frame)
-
-    def report(self, error: ProtocolError) -> None:
-        self.send(Frame.json({"type": "error", "error": error.kind, "message": error.message}))
-        if error.close:
-            self.close(closecodes.POLICY, error.message)
-
-    def opened(self) -> None:
+    def start_session(self) -> None:
         if self.mode == "watch":
             self._spectate()
 
     def _subscribe(self, *channels: str) -> None:
-        bus = self.factory.app.bus
+        bus = self.app.bus
         self.subscriptions = [bus.subscribe(c, self.send) for c in channels]
 
     def _spectate(self) -> None:
         room = self.room
         self.spectator = True
         self._subscribe(room_channel(room.id))
-        self.send(Frame.json(self.factory.app.core.welcome(room, None, None)))
+        self.send(Frame.json(self.app.core.welcome(room, None, None)))
         for master in room.log:
             self.send(Frame(master))
 
-    def received(self, payload: bytes, is_binary: bool) -> None:
-        app: GameRoomApp = self.factory.app
-        core, room, now = app.core, self.room, self.factory.reactor.seconds()
+    def handle(self, payload: bytes) -> None:
+        app = self.app
+        core, room, now = app.core, self.room, app.reactor.seconds()
         message = _parse(payload)
         kind = message["type"]
         if kind == "catchup":
@@ -135,7 +116,7 @@ class GameRoomProtocol(RelaydProtocol):
             raise ProtocolError("unknown_type", f"unknown message type {kind[:40]}")
 
     def _join(self, message: dict, now: float) -> None:
-        app: GameRoomApp = self.factory.app
+        app = self.app
         core, room = app.core, self.room
         if "session" in message:
             player = core.rejoin(room, message["session"], now)
@@ -158,15 +139,15 @@ class GameRoomProtocol(RelaydProtocol):
         self._as_player(player, token)
 
     def _as_player(self, player: Player, token: str | None) -> None:
-        app: GameRoomApp = self.factory.app
+        app = self.app
         room = self.room
         self.player = player
         app.live[(room.id, player.pid)] = self
         self._subscribe(room_channel(room.id), player_channel(room.id, player.pid))
         self.send(Frame.json(app.core.welcome(room, player, token)))
 
-    def closed(self) -> None:
-        app: GameRoomApp = self.factory.app
+    def end_session(self) -> None:
+        app = self.app
         for subscription in self.subscriptions:
             subscription.cancel()
         self.subscriptions = ()
@@ -174,7 +155,73 @@ class GameRoomProtocol(RelaydProtocol):
         if player is not None and self.room is not None:
             if app.live.get((self.room.id, player.pid)) is self:
                 del app.live[(self.room.id, player.pid)]
-            app.core.left(self.room, player, self.factory.reactor.seconds())
+            if app.core.rooms.get(self.room.id) is self.room:
+                app.core.left(self.room, player, app.reactor.seconds())
+
+
+class GameRoomProtocol(GameSession, RelaydProtocol):
+    """A client's WebSocket; its GameSession runs here, or (several nodes) is piped to the room's node."""
+
+    pipe = None  # relayd.backplane.pipes.Pipe while the room is on another node
+    owner = None  # that node, found while connecting
+
+    @property
+    def app(self) -> "GameRoomApp":
+        return self.factory.app
+
+    def connecting(self, request):
+        app = self.app
+        parts = [p for p in urlsplit(self.http_request_uri).path.split("/") if p]
+        mount = [p for p in app.ctx.config.path.split("/") if p]
+        rest = parts[len(mount):]
+        if rest[:1] == ["join"]:
+            ids = parse_qs(urlsplit(self.http_request_uri).query).get("game_id", [])
+            mode, room_id = "play", ids[0] if len(ids) == 1 else None
+        elif len(rest) == 2 and rest[0] in ("play", "watch"):
+            mode, room_id = rest
+        else:
+            raise ConnectionDeny(404, "use /play/<id> or /watch/<id>")
+        self.mode, self.room_id = mode, room_id
+        room = app.core.rooms.get(room_id or "")
+        if room is not None:
+            self.room = room
+            return None
+        if app.router is None or not room_id:
+            raise ConnectionDeny(404, "no such room")
+        # several nodes: the room may be on another node, or its node gone and the room to take over
+        return app.router.find(room_id).addCallback(self._found)
+
+    def _found(self, where) -> None:
+        room, owner = where
+        if room is None and owner is None:
+            raise ConnectionDeny(404, "no such room")
+        self.room, self.owner = room, owner
+
+    def send(self, frame: Frame) -> None:
+        self.send_frame(frame)
+
+    def report(self, error: ProtocolError) -> None:
+        self.send(Frame.json({"type": "error", "error": error.kind, "message": error.message}))
+        if error.close:
+            self.close(closecodes.POLICY, error.message)
+
+    def opened(self) -> None:
+        if self.owner is not None:
+            self.pipe = self.app.router.pipe(self, self.owner, self.room_id)
+            return
+        self.start_session()
+
+    def received(self, payload: bytes, is_binary: bool) -> None:
+        if self.pipe is not None:
+            self.pipe.forward(payload)
+        else:
+            self.handle(payload)
+
+    def closed(self) -> None:
+        if self.pipe is not None:
+            self.pipe.closed()
+            self.pipe = None
+        self.end_session()
 
 
 class Create(JSONEndpoint):
@@ -190,6 +237,20 @@ class Create(JSONEndpoint):
             return self.answer(request, 400, {"error": f"not JSON: {e}"})
         except ProtocolError as e:
             return self.answer(request, 503 if e.kind == "too_many_rooms" else 400, {"error": e.message})
+        if self.app.router is None:
+            return self._created(request, room)
+        # several nodes: the room is this node's once its lease is
+        return _later(request, self.app.router.claim(room.id).addCallbacks(
+            lambda held: self._created(request, room) if held else self._refused(request, room, "room id in use"),
+            lambda failure: self._refused(request, room, failure.getErrorMessage()),
+        ))
+
+    def _refused(self, request, room, why: str) -> bytes:
+        self.app.core.drop(room.id)
+        _log.warn("gameroom: room {room} not created: {why}", room=room.id, why=why)
+        return self.answer(request, 503, {"error": "the room could not be registered; try again"})
+
+    def _created(self, request, room) -> bytes:
         host = (request.getHeader(b"host") or b"localhost").decode("ascii", "replace")
         secure = request.isSecure()
         base = f"{'wss' if secure else 'ws'}://{host}{self.app.mount}"
@@ -200,6 +261,26 @@ class Create(JSONEndpoint):
         })
 
 
+def _later(request, d: defer.Deferred):
+    """Answer the request with the bytes d fires with (unless the client went away meanwhile)."""
+    gone = []
+    request.notifyFinish().addErrback(lambda _: gone.append(True))
+
+    def answer(body):
+        if not gone:
+            request.write(body)
+            request.finish()
+
+    def failed(failure):
+        _log.failure("gameroom: answering a request failed", failure)
+        if not gone:
+            request.setResponseCode(500)
+            request.finish()
+
+    d.addCallback(answer).addErrback(failed)
+    return NOT_DONE_YET
+
+
 class Lookup(JSONEndpoint):
     def __init__(self, app, view):
         super().__init__(app)
@@ -208,9 +289,16 @@ class Lookup(JSONEndpoint):
     def render_GET(self, request):
         room_id = request.postpath[0].decode("ascii", "replace") if request.postpath else ""
         room = self.app.core.rooms.get(room_id)
-        if room is None:
+        if room is not None:
+            return self.answer(request, 200, self.view(room))
+        if self.app.router is None or not room_id:
             return self.answer(request, 404, {"error": "no such room"})
-        return self.answer(request, 200, self.view(room))
+        # several nodes: the room as its node last wrote it
+        return _later(request, self.app.router.stored_view(room_id, self.view).addCallbacks(
+            lambda view: self.answer(request, 404, {"error": "no such room"}) if view is None
+            else self.answer(request, 200, view),
+            lambda failure: self.answer(request, 503, {"error": "rooms cannot be reached now; try again"}),
+        ))
 
 
 class GameRoomApp(App):
@@ -230,7 +318,15 @@ class GameRoomApp(App):
             archive_ttl=o["archive_ttl"],
         )
         self.core = GameRoom(self.bus, self.settings)
-        self.live: dict[tuple[str, str], GameRoomProtocol] = {}
+        self.live: dict[tuple[str, str], GameSession] = {}
+        self.router = None
+        if self.cluster is None:
+            self.room_store = LocalRoomStore(self.store)
+        else:
+            from relayd.apps.gameroom.cluster import Router
+
+            self.router = Router(self, self.cluster, clock=self.reactor, session_class=GameSession)
+            self.room_store = self.router.store
         self.scheduler = TickScheduler(
             self.reactor, o["tick_interval"], self._tick,
             on_error=self.metrics.parent.tick_errors.labels(ctx.name).inc,
@@ -250,54 +346,51 @@ class GameRoomApp(App):
     @defer.inlineCallbacks
     def start(self):
         now = self.reactor.seconds()
-        chunks: dict[str, dict[int, list]] = {}
-        for key, packets in (yield self.store.items(LOG)):
-            room_id, _, index = key.rpartition(":")
-            chunks.setdefault(room_id, {})[int(index)] = packets
-        for room_id, meta in (yield self.store.items(META)):
-            log = [p for _, chunk in sorted(chunks.get(room_id, {}).items()) for p in chunk]
+        for meta, log in (yield self.room_store.load_all()):
             try:
                 self.core.restore(meta, log, now)
             except Exception:
-                _log.failure("gameroom: room {room} could not be restored", room=room_id)
+                _log.failure("gameroom: room {room} could not be restored", room=meta.get("id"))
+        if self.router is not None:
+            self.router.startService()
         self.scheduler.start()
         self._persist.start(self.options["persist_interval"], now=False)
 
     def _flush(self):
-        """Write every changed room's state and new log chunks in one transaction."""
+        """Write every changed room's state and new log chunks together."""
         if self._flushing is not None:
             return None  # the previous write is still going; its rooms stay dirty
         core = self.core
-        entries, deletions = [], []
+        rooms = []
         for room_id in list(core.dirty):
             room = core.rooms.get(room_id)
             if room is None:
                 continue
-            entries.append((META, room.id, room.meta()))
-            for index in range(room.persisted // LOG_CHUNK, (len(room.log) - 1) // LOG_CHUNK + 1):
-                chunk = [p.decode() for p in room.log[index * LOG_CHUNK:(index + 1) * LOG_CHUNK]]
-                entries.append((LOG, f"{room.id}:{index:08d}", chunk))
+            chunks = {
+                index: [p.decode() for p in room.log[index * LOG_CHUNK:(index + 1) * LOG_CHUNK]]
+                for index in range(room.persisted // LOG_CHUNK, (len(room.log) - 1) // LOG_CHUNK + 1)
+            }
+            rooms.append((room.meta(), chunks))
             room.persisted = len(room.log)
-        for room_id in core.deleted:
-            deletions.append((META, room_id))
         core.dirty.clear()
         deleted, core.deleted = core.deleted, set()
-        if not entries and not deleted:
+        if not rooms and not deleted:
             return None
-        d = self._flushing = self.store.put_many(entries)
-        if deleted:
-            d.addCallback(lambda _: self._delete_logs(deleted, deletions))
-        d.addErrback(self._flush_failed, [e[1] for e in entries if e[0] == META])
+        if self.router is not None:
+            for room_id in deleted:
+                self.router.release(room_id)
+        d = self._flushing = self.room_store.save(rooms, deleted)
+        d.addErrback(self._flush_failed, [meta["id"] for meta, _ in rooms])
         d.addBoth(self._flushed)  # may run at once: a store that wrote synchronously
         return None
 
-    @defer.inlineCallbacks
-    def _delete_logs(self, deleted: set, deletions: list):
-        keys = [(LOG, key) for key, _ in (yield self.store.items(LOG)) if key.rpartition(":")[0] in deleted]
-        yield self.store.delete_many(deletions + keys)
-
     def _flush_failed(self, failure, room_ids):
-        _log.failure("gameroom: persisting rooms failed; they are retried", failure)
+        from relayd.backplane.cluster import Unavailable
+
+        if failure.check(Unavailable):
+            _log.warn("gameroom: rooms not written, redis is unreachable; they are retried")
+        else:
+            _log.failure("gameroom: persisting rooms failed; they are retried", failure)
         for room_id in room_ids:
             room = self.core.rooms.get(room_id)
             if room is not None:
@@ -317,6 +410,9 @@ class GameRoomApp(App):
         self._flush()
         if self._flushing is not None:
             yield self._flushing
+        if self.router is not None:
+            # written first, released then: a node taking a room over finds it as it was left
+            yield self.router.stopService()
 
     def accepts_websocket_path(self, postpath) -> bool:
         return (len(postpath) == 2 and postpath[0] in (b"play", b"watch")) or postpath[:1] == [b"join"]

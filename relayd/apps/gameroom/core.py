@@ -554,15 +554,8 @@ class GameRoom:
     # ---- the durable store -----------------------------------------------------------------
 
     def restore(self, meta: dict, log: list, now: float) -> Room:
-        settings = Settings(**meta["settings"])
-        room = Room(id=meta["id"], engine=meta["engine"], seed=meta["seed"], expected=meta["expected"],
-                    settings=settings, created=meta["created"], setup=meta["setup"],
-                    setup_version=meta["setup_version"], state=meta["state"], turn=meta["turn"],
-                    turn_ms=meta["turn_ms"], iterations=meta["iterations"], pending_timing=meta["pending_timing"],
-                    hashes={int(k): v for k, v in meta["hashes"].items()}, events=meta["events"],
-                    started=meta["started"], ended=meta["ended"], log=[p.encode() for p in log[:meta["turn"]]],
-                    persisted=meta["turn"])
-        room.players = [Player(**p) for p in meta["players"]]
+        """A stored room, held here again: a running game waits for its players to come back."""
+        room = self.build(meta, log)
         if states.is_running(room.state) and room.state != states.HALTED:
             for p in room.players:
                 if not p.dropped:
@@ -574,4 +567,24 @@ class GameRoom:
         elif room.state == states.SETUP:
             room.players = []  # setup seats do not outlive their connections
         self.rooms[room.id] = room
+        return room
+
+    def drop(self, room_id: str) -> None:
+        """Stop holding a room without deleting it from the store (another node holds it now)."""
+        self.rooms.pop(room_id, None)
+        self.running.pop(room_id, None)
+        self.dirty.discard(room_id)
+
+    @staticmethod
+    def build(meta: dict, log: list) -> Room:
+        """A Room as stored, not held here (restore holds it; an info page on another node only reads it)."""
+        settings = Settings(**meta["settings"])
+        room = Room(id=meta["id"], engine=meta["engine"], seed=meta["seed"], expected=meta["expected"],
+                    settings=settings, created=meta["created"], setup=meta["setup"],
+                    setup_version=meta["setup_version"], state=meta["state"], turn=meta["turn"],
+                    turn_ms=meta["turn_ms"], iterations=meta["iterations"], pending_timing=meta["pending_timing"],
+                    hashes={int(k): v for k, v in meta["hashes"].items()}, events=meta["events"],
+                    started=meta["started"], ended=meta["ended"], log=[p.encode() for p in log[:meta["turn"]]],
+                    persisted=meta["turn"])
+        room.players = [Player(**p) for p in meta["players"]]
         return room

@@ -1,0 +1,128 @@
+"""
+gameroom on many nodes: each room has one owner node (a lease in Redis, `<prefix>:gameroom:room:<id>`),
+which runs its ticks; players and spectators connected to other nodes are piped to it
+(relayd.backplane.pipes). Rooms are written to Redis (RedisRoomStore), the session store every node
+shares: when an owner dies, its lease expires and the first node a player of the room reaches takes
+the room over from the store, and the players rejoin with their session tokens.
+"""
+
+from __future__ import annotations
+
+from twisted.application.service import MultiService
+from twisted.internet import defer
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from relayd.apps.gameroom.roomstore import RedisRoomStore
+from relayd.backplane.cluster import Cluster
+from relayd.backplane.leases import Leases
+from relayd.backplane.pipes import SERVICE_RESTART, Pipes, RemoteEnd
+from relayd.errors import ProtocolError
+from relayd.ws import closecodes
+from relayd.ws.frames import Frame
+
+_log = Logger()
+
+
+class RemoteGame(RemoteEnd):
+    """The room's side of a pipe; mixed with the adapter's GameSession (see Router.__init__)."""
+
+    def __init__(self, pipes: Pipes, key: str, reply: str, app, room, mode: str):
+        RemoteEnd.__init__(self, pipes, key, reply)
+        self.app = app
+        self.room = room
+        self.mode = mode
+
+    def report(self, error: ProtocolError) -> None:
+        self.send(Frame.json({"type": "error", "error": error.kind, "message": error.message}))
+        if error.close:
+            self.close(closecodes.POLICY, error.message)
+
+    def session_over(self) -> None:
+        self.end_session()
+
+
+class Router(MultiService):
+    def __init__(self, app, cluster: Cluster, *, clock, session_class):
+        super().__init__()
+        self.app = app
+        self.cluster = cluster
+        self.clock = clock
+        self.leases = Leases(cluster, "gameroom:room", clock=clock, lost=self._lost)
+        self.leases.setServiceParent(self)
+        self.store = RedisRoomStore(cluster)
+        self.remote_class = type("RemoteGameSession", (RemoteGame, session_class), {})
+        self.pipes = Pipes(app.bus, cluster, "gameroom", app.metrics, self._open_remote)
+        self._loop = LoopingCall(self.keep)
+        self._loop.clock = clock
+
+    def claim(self, room_id: str) -> defer.Deferred:
+        return self.leases.claim(room_id)
+
+    def release(self, room_id: str) -> None:
+        self.leases.release(room_id)
+
+    @defer.inlineCallbacks
+    def find(self, room_id: str):
+        """(the room, held here, None) or (None, the node holding it); (None, None) when there is none."""
+        core = self.app.core
+        if room_id in core.rooms:
+            return core.rooms[room_id], None
+        holder = yield self.leases.holder(room_id)
+        if holder is not None and holder != self.cluster.node_id:
+            return None, holder
+        stored = yield self.store.load(room_id)
+        if stored is None:
+            return None, None
+        if holder is None and not (yield self.leases.claim(room_id)):
+            return None, (yield self.leases.holder(room_id))
+        room = core.rooms.get(room_id)
+        if room is None:
+            room = core.restore(*stored, self.clock.seconds())
+            _log.info("gameroom: took over room {room} from a node that is gone", room=room_id)
+        return room, None
+
+    @defer.inlineCallbacks
+    def stored_view(self, room_id: str, view):
+        """A room's info or archive as last written, for an HTTP request on a node that does not hold it."""
+        stored = yield self.store.load(room_id)
+        return None if stored is None else view(self.app.core.build(*stored))
+
+    def pipe(self, conn, owner: str, room_id: str):
+        return self.pipes.connect(conn, owner, room_id, {"room": room_id, "mode": conn.mode})
+
+    def _open_remote(self, pipes: Pipes, key: str, reply: str, body: dict):
+        room = self.app.core.rooms.get(body["room"])
+        end = self.remote_class(pipes, key, reply, self.app, room, body["mode"])
+        if room is None:
+            end.close(SERVICE_RESTART, "the room moved to another node; reconnect")
+            return end
+        try:
+            end.start_session()
+        except ProtocolError as e:
+            end._protocol_error(e)
+        return end
+
+    def keep(self) -> None:
+        if self.cluster.up:
+            self.pipes.check(self.leases.holder)
+
+    def _lost(self, room_id: str) -> None:
+        """Another node holds this room now (this one was cut off): its clients here reconnect there."""
+        for (rid, _), session in list(self.app.live.items()):
+            if rid == room_id:
+                session.close(SERVICE_RESTART, "the room moved to another node; reconnect")
+        for end in list(self.pipes.ends.values()):
+            if end.room is not None and end.room.id == room_id:
+                end.close(SERVICE_RESTART, "the room moved to another node; reconnect")
+        self.app.core.drop(room_id)
+
+    def startService(self):
+        super().startService()
+        self._loop.start(self.cluster.node_timeout / 2, now=False).addErrback(
+            lambda f: _log.failure("gameroom: pipe checks stopped", f))
+
+    def stopService(self):
+        if self._loop.running:
+            self._loop.stop()
+        return super().stopService()

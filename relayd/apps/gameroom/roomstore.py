@@ -1,0 +1,102 @@
+"""
+Where gameroom keeps its rooms between writes: each room's meta (everything but the log) and its log
+of master packets in chunks of LOG_CHUNK, written together so a room is restored as it was written.
+
+LocalRoomStore is the daemon's durable store (one node). RedisRoomStore is shared by every node
+(`<prefix>:gameroom:meta`, one hash, and `<prefix>:gameroom:log:<room>`, a hash of chunks per room),
+so another node can take a room over when its owner dies.
+"""
+
+from __future__ import annotations
+
+import json
+
+from twisted.internet import defer
+from zope.interface import Interface, implementer
+
+META = "gameroom.room"
+LOG = "gameroom.log"
+
+
+class IRoomStore(Interface):
+    def save(rooms: list, deleted: set) -> defer.Deferred:
+        """Write [(meta, {chunk index: [packet, ...]})] and remove the deleted room ids, in one go."""
+
+    def load_all() -> defer.Deferred:
+        """Fire with [(meta, log)] of every stored room."""
+
+    def load(room_id: str) -> defer.Deferred:
+        """Fire with (meta, log) of one room, or None."""
+
+
+def _joined(chunks: dict) -> list:
+    return [packet for _, chunk in sorted(chunks.items()) for packet in chunk]
+
+
+@implementer(IRoomStore)
+class LocalRoomStore:
+    def __init__(self, store):
+        self.store = store
+
+    @defer.inlineCallbacks
+    def save(self, rooms, deleted):
+        entries = []
+        for meta, chunks in rooms:
+            entries.append((META, meta["id"], meta))
+            entries.extend((LOG, f"{meta['id']}:{index:08d}", chunk) for index, chunk in chunks.items())
+        if entries:
+            yield self.store.put_many(entries)
+        if deleted:
+            keys = [(LOG, key) for key, _ in (yield self.store.items(LOG)) if key.rpartition(":")[0] in deleted]
+            yield self.store.delete_many([(META, room_id) for room_id in deleted] + keys)
+
+    @defer.inlineCallbacks
+    def load_all(self):
+        chunks: dict[str, dict[int, list]] = {}
+        for key, packets in (yield self.store.items(LOG)):
+            room_id, _, index = key.rpartition(":")
+            chunks.setdefault(room_id, {})[int(index)] = packets
+        return [(meta, _joined(chunks.get(room_id, {}))) for room_id, meta in (yield self.store.items(META))]
+
+    @defer.inlineCallbacks
+    def load(self, room_id):
+        for meta, log in (yield self.load_all()):
+            if meta["id"] == room_id:
+                return meta, log
+        return None
+
+
+@implementer(IRoomStore)
+class RedisRoomStore:
+    def __init__(self, cluster):
+        self.cluster = cluster
+
+    def _meta(self) -> str:
+        return self.cluster.key("gameroom", "meta")
+
+    def _log(self, room_id: str) -> str:
+        return self.cluster.key("gameroom", "log", room_id)
+
+    @defer.inlineCallbacks
+    def save(self, rooms, deleted):
+        # chunks first, meta last: a meta in Redis never names turns its log does not have yet
+        for meta, chunks in rooms:
+            if chunks:
+                args = [item for index, chunk in chunks.items() for item in (index, json.dumps(chunk))]
+                yield self.cluster.call("HSET", self._log(meta["id"]), *args)
+            yield self.cluster.call("HSET", self._meta(), meta["id"], json.dumps(meta))
+        for room_id in deleted:
+            yield self.cluster.call("HDEL", self._meta(), room_id)
+            yield self.cluster.call("DEL", self._log(room_id))
+
+    def load_all(self):
+        return defer.succeed([])  # on several nodes a node loads only the rooms it takes over
+
+    @defer.inlineCallbacks
+    def load(self, room_id):
+        raw = yield self.cluster.call("HGET", self._meta(), room_id)
+        if raw is None:
+            return None
+        flat = yield self.cluster.call("HGETALL", self._log(room_id))
+        chunks = {int(flat[i]): json.loads(flat[i + 1]) for i in range(0, len(flat), 2)}
+        return json.loads(raw), _joined(chunks)
