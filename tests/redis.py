@@ -33,23 +33,38 @@ def redis_binary() -> str:
 
 
 class RedisServer:
-    def __init__(self, testcase):
+    """tls=(key file, certificate chain file) serves TLS only; password sets requirepass."""
+
+    def __init__(self, testcase, tls: tuple[str, str] | None = None, password: str | None = None):
         self.binary = redis_binary()
         self.port = free_port()
         self.directory = tempfile.mkdtemp(prefix="relayd-redis-")
         self.process: subprocess.Popen | None = None
+        self.tls = tls
+        self.password = password
         testcase.addCleanup(self.kill)
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    def _options(self) -> list[str]:
+        options = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", self.directory,
+                   "--logfile", os.path.join(self.directory, "redis.log")]
+        if self.tls is None:
+            options += ["--port", str(self.port)]
+        else:
+            key, chain = self.tls
+            options += ["--port", "0", "--tls-port", str(self.port), "--tls-key-file", key, "--tls-cert-file", chain,
+                        "--tls-auth-clients", "no"]
+        if self.password is not None:
+            options += ["--requirepass", self.password]
+        return options
+
     @defer.inlineCallbacks
     def start(self):
         self.process = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", self.directory, "--logfile", os.path.join(self.directory, "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [self.binary, *self._options()], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         for _ in range(200):
             try:

@@ -104,6 +104,55 @@ LEADERBOARD = '{"type": "leaderboard", "lobby_id": 1, "prompt_id": 2}'
 UPDATE = '{"type": "leaderboard_update", "lobby_id": 1, "prompt_id": 2}'
 
 
+class SecuredRedis(ClusterTestCase):
+    @defer.inlineCallbacks
+    def secured_redis(self, password: str):
+        import tempfile
+
+        from tests.tlsutil import TestCA
+
+        ca = TestCA(tempfile.mkdtemp(prefix="relayd-redis-ca-"))
+        key, cert = ca.issue("localhost")
+        chain = ca._write("server-chain.crt", open(cert, "rb").read() + open(ca.chain_path, "rb").read())
+        self.redis = RedisServer(self, tls=(key, chain), password=password)
+        yield self.redis.start()
+        return ca
+
+    @defer.inlineCallbacks
+    def test_rediss_with_a_password(self):
+        """rediss:// with a private CA and a password in the URL: the nodes verify Redis, log in and fan out."""
+        ca = yield self.secured_redis("s3cret#pass")
+        url = f"rediss://:s3cret%23pass@localhost:{self.redis.port}/0?ca={ca.root_path}"
+        self.nodes = [Daemon(self, node_config(url)) for _ in range(2)]
+        for node in self.nodes:
+            yield until(lambda node=node: bus_up(node), what="the bus to connect over TLS")
+        a, b = self.nodes
+        watcher = yield self.subscribed(a, LEADERBOARD)
+        trigger = yield b.connect("/ws")
+        trigger.send_text(UPDATE)
+        self.assertEqual((yield watcher.messages_at_least(1)), ["refresh"])
+        watcher.sendClose(1000)
+        yield watcher.when_closed
+
+    @defer.inlineCallbacks
+    def test_wrong_password_keeps_the_node_unready(self):
+        """A password Redis refuses: the node stays up, says so on /readyz, and serves its own clients."""
+        ca = yield self.secured_redis("right")
+        url = f"rediss://:wrong@localhost:{self.redis.port}/0?ca={ca.root_path}"
+        node = Daemon(self, node_config(url))
+        yield later(0.5)
+        code, body = yield get(node, "/readyz")
+        self.assertEqual(code, 503)
+        self.assertIn("unreachable", body)
+        watcher = yield node.connect("/ws")
+        watcher.send_text(LEADERBOARD)
+        trigger = yield node.connect("/ws")
+        trigger.send_text(UPDATE)
+        self.assertEqual((yield watcher.messages_at_least(1)), ["refresh"])
+        watcher.sendClose(1000)
+        yield watcher.when_closed
+
+
 class FanOutAcrossNodes(ClusterTestCase):
     @defer.inlineCallbacks
     def test_refresh_reaches_subscribers_on_every_node(self):

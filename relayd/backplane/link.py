@@ -61,13 +61,17 @@ class RedisLink(Service):
         self.on_down = on_down
         self.protocol = None
         self.attempts = 0
+        # backoffPolicy's default jitter adds up to a whole second, more than a short max_backoff
+        policy = backoffPolicy(
+            initialDelay=min(0.2, max_backoff), maxDelay=max_backoff, factor=2.0,
+            jitter=lambda: random.uniform(0, max_backoff / 10),
+        )
+        self.rejected = 0  # connections in a row that closed before they were usable (AUTH refused, ...)
         self._client = ClientService(
             target.endpoint(clock), _LinkFactory(self), clock=clock,
-            # backoffPolicy's default jitter adds up to a whole second, more than a short max_backoff
-            retryPolicy=backoffPolicy(
-                initialDelay=min(0.2, max_backoff), maxDelay=max_backoff, factor=2.0,
-                jitter=lambda: random.uniform(0, max_backoff / 10),
-            ),
+            # ClientService forgets failed attempts once a TCP connection is made; a connection Redis
+            # refuses at AUTH must still back off, not reconnect in a tight loop
+            retryPolicy=lambda attempt: policy(max(attempt, self.rejected)),
             prepareConnection=self._prepare,
         )
 
@@ -75,32 +79,29 @@ class RedisLink(Service):
     def up(self) -> bool:
         return self.protocol is not None
 
-    def _prepare(self, proto):
+    def _prepare(self, proto) -> None:
+        # ClientService cannot lose a connection whose preparation is still pending, so the link
+        # counts as up only once txredisapi says the connection is usable, tracked here
         self.attempts += 1
+        self.rejected += 1
         # small commands back to back: Nagle's algorithm would hold each behind the previous one's ACK
         set_no_delay = getattr(proto.transport, "setTcpNoDelay", None)
         if set_no_delay is not None:
             set_no_delay(True)
-        ready: defer.Deferred = defer.Deferred()
-
-        def connected(p):
-            if not ready.called:
-                ready.callback(p)
 
         def lost(inner):
-            # proto is ClientService's proxy; the Redis protocol itself is what _ready kept
             if self.protocol is inner:
                 self.protocol = None
                 _log.warn("redis {link} connection lost; reconnecting", link=self.name)
                 self.on_down()
-            if not ready.called:
-                ready.errback(ConnectionError("lost before it was ready"))
 
         proto.whenDisconnected().addCallback(lost)
-        proto.whenConnected().addCallback(connected)
-        return ready.addCallback(self._ready)
+        proto.whenConnected().addCallback(self._ready)
 
     def _ready(self, proto):
+        if not proto.connected:
+            return proto
+        self.rejected = 0
         self.protocol = proto
         _log.info("redis {link} connected to {url}", link=self.name, url=self.target.describe())
         try:
