@@ -103,6 +103,16 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
+def _wait_listening(port: int, what: str) -> None:
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} did not start")
+
+
 def build_generator(out: str) -> str:
     source = os.path.join(BENCH, "gen", "wsgen.c")
     binary = os.path.join(out, "wsgen")
@@ -137,13 +147,7 @@ class Server:
             raise ValueError(name)
         self.process = subprocess.Popen(pinned(command, core), cwd=self.directory, preexec_fn=_more_files,
                                         stdout=subprocess.DEVNULL, stderr=open(os.path.join(self.directory, "stderr"), "w"))
-        for _ in range(200):
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.1).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"{name} did not start")
+        _wait_listening(self.port, name)
 
     @property
     def pid(self) -> int:
@@ -318,13 +322,7 @@ class Redis:
             pinned([binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                     "--dir", self.directory], core),
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(200):
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.1).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
+        _wait_listening(self.port, "redis-server")
 
     def cpu(self) -> float:
         return cpu_seconds(self.process.pid)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 
@@ -50,6 +51,19 @@ class LiveClient(Client):
         d = defer.Deferred()
         self._waiting.append((n, d))
         return d
+
+
+class LivePlayer:
+    """A gameroom ReferencePlayer answering over a LiveClient as messages arrive."""
+
+    def __init__(self, client, player):
+        self.client, self.player = client, player
+        client.on_message = self.on_message
+
+    def on_message(self, text):
+        for out in self.player.on_message(json.loads(text)):
+            if self.client.state == self.client.STATE_OPEN:
+                self.client.send_json(out)
 
 
 def write_config(directory: str, body: str) -> str:

@@ -11,7 +11,7 @@ from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, readBody
 
-from tests.live import Daemon, later
+from tests.live import Daemon, LivePlayer, later
 from tests.redis import RedisServer
 
 
@@ -696,8 +696,6 @@ class GameroomAcrossNodes(ClusterTestCase):
 
     @defer.inlineCallbacks
     def play(self, node: Daemon, room_id: str, player, rejoin: bool = False):
-        from tests.test_faults import LivePlayer
-
         client = yield node.connect(f"/gameroom/play/{room_id}")
         live = LivePlayer(client, player)
         client.send_json(player.rejoin() if rejoin else player.join())

@@ -22,7 +22,7 @@ from twisted.web.http_headers import Headers
 
 from relayd.apps.gameroom.reference import ReferencePlayer
 from relayd.ws import closecodes
-from tests.live import Daemon, free_port, later, open_ws, write_config
+from tests.live import Daemon, LivePlayer, free_port, later, open_ws, write_config
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 
@@ -194,17 +194,6 @@ path = /gameroom
 create_token = kill-test-token-0123456789
 persist_interval = 0.05
 """
-
-
-class LivePlayer:
-    def __init__(self, client, player):
-        self.client, self.player = client, player
-        client.on_message = self.on_message
-
-    def on_message(self, text):
-        for out in self.player.on_message(json.loads(text)):
-            if self.client.state == self.client.STATE_OPEN:
-                self.client.send_json(out)
 
 
 class HardKillTests(TestCase):

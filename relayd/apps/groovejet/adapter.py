@@ -89,6 +89,18 @@ class Session:
         if self.held is None:
             self.held = []
 
+    def ahead_of_held(self, action, *args) -> None:
+        """Run action now, before the frames held while it waited (they follow on release)."""
+        held, self.held = self.held or [], None
+        try:
+            action(*args)
+        except ProtocolError as e:
+            self._protocol_error(e)
+        if self.held is None:
+            self.held = held
+        else:
+            self.held.extend(held)  # the action waits for something in turn; the older frames after it
+
     def release(self) -> None:
         """What was waiting is answered: the frames held meanwhile go on, in order."""
         held, self.held = self.held or [], None

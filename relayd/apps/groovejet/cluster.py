@@ -141,12 +141,7 @@ class Router(MultiService):
             return
         node, code = where
         if node is None:
-            held, conn.held = conn.held, None
-            try:
-                conn.start_session()
-            except ProtocolError as e:
-                conn._protocol_error(e)
-            conn.held = held
+            conn.ahead_of_held(conn.start_session)
         else:
             conn.pipe = self._pipe(conn, node, code, True, self.app.core.new_identity())
         conn.release()
@@ -198,12 +193,7 @@ class Router(MultiService):
             return
         node, code = where
         if node is None:
-            held, conn.held = conn.held, None
-            try:
-                conn.handle(payload)
-            except ProtocolError as e:
-                conn._protocol_error(e)
-            conn.held = held
+            conn.ahead_of_held(conn.handle, payload)
         else:
             identity = (conn.client_id, conn.token)
             conn.end_session()  # the identity's session moves to the room's node
