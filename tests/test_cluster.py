@@ -679,6 +679,39 @@ class GroovejetAcrossNodes(ClusterTestCase):
             yield client.when_closed
 
 
+    @defer.inlineCallbacks
+    def test_clients_coming_and_going_leave_nothing_behind(self):
+        """Many guests piped to another node join and leave: no pipe, remote session, seat or bus channel is left on either node."""
+        yield self.start_cluster(2, grace=0.1)
+        a, b = self.nodes
+        host, guest, code = yield self.room_with_guest(a, b)
+        guest.sendClose(1000)
+        yield guest.when_closed
+        app_a, app_b = a.service.apps["groovejet"], b.service.apps["groovejet"]
+        yield until(lambda: not app_a.router.pipes.ends and len(app_a.core.rooms[code].guests) == 0,
+                    what="the first guest to be gone")
+        channels_a, channels_b = a.service.bus.channel_count(), b.service.bus.channel_count()
+        for _ in range(3):
+            guests = []
+            for _ in range(10):
+                g = yield self.connect(b)
+                g.send_text(json.dumps({"type": "joinRoom", "data": {"roomCode": code}}))
+                guests.append(g)
+            for g in guests:
+                yield until(lambda g=g: typed(g, "joinedRoom"), what="a guest to join")
+            for g in guests:
+                g.sendClose(1000)
+                yield g.when_closed
+        yield until(lambda: not app_a.router.pipes.ends and not app_b.router.pipes.pipes
+                    and len(app_a.core.rooms[code].guests) == 0, what="every pipe and seat to be gone")
+        yield until(lambda: (a.service.bus.channel_count(), b.service.bus.channel_count()) == (channels_a, channels_b),
+                    what="the bus channels to return to where they were")
+        self.assertEqual((a.service.bus._unconfirmed, b.service.bus._unconfirmed), ({}, {}))
+        self.assertEqual((set(app_a.live), app_b.live), ({self.identity(host)["clientId"]}, {}))
+        host.sendClose(1000)
+        yield host.when_closed
+
+
 class GameroomAcrossNodes(ClusterTestCase):
     @defer.inlineCallbacks
     def create(self, node: Daemon, players: int = 2) -> str:
@@ -768,3 +801,4 @@ class GameroomAcrossNodes(ClusterTestCase):
         for p in resumed:
             p.client.sendClose(1000)
             yield p.client.when_closed
+
