@@ -7,7 +7,11 @@ Each server is pinned to one core (taskset -c 1) and the generator (bench/gen/ws
 epoll loop, built here with cc) to the other; the server's CPU time and memory come from /proc, the
 generator's CPU time from itself, so a run where the generator was the bottleneck shows it.
 
-    bench/run [--smoke] [--servers relayd,ws,picows] [--only fanout,latency,connections,churn,gameroom,cluster]
+    bench/run [--smoke] [--servers relayd,ws,picows] [--only fanout,apps,latency,connections,churn,gameroom,cluster]
+
+`apps` is the same many-in-flight fan-out through wikispeedruns (lobby prompt `refresh`) and clicker
+(a scoring device's SCORE lines to the screens listening to it; relayd writes each score durably
+before it acknowledges and delivers it, the peers keep nothing).
 
 The cluster scenario runs relayd only: 1, 2 and 3 nodes with `[bus] backend = redis` on a private
 redis-server, reported as the ratio to one node.
@@ -57,7 +61,18 @@ auto_ping_timeout = {keepalive}
 [app:carparty]
 listeners = main
 path = /carparty
+
+[app:wikispeedruns]
+listeners = main
+path = /wikispeedruns
+
+[app:clicker]
+listeners = main
+path = /clicker
 """
+
+# where each app's WebSocket is on relayd; the peers serve every protocol on "/"
+RELAYD_PATHS = {"carparty": "/carparty/ws", "wikispeedruns": "/wikispeedruns", "clicker": "/clicker/ws"}
 
 GAMEROOM_CONFIG = """
 [app:gameroom]
@@ -138,10 +153,10 @@ class Server:
             command = [twistd, "--nodaemon", "--pidfile=", "relayd", "--config", config]
             self.path = "/carparty/ws"
         elif name == "ws":
-            command = ["node", os.path.join(BENCH, "peers", "ws_relay.js"), str(self.port)]
+            command = ["node", os.path.join(BENCH, "peers", "ws_relay.js"), str(self.port), str(KEEPALIVE)]
             self.path = "/"
         elif name == "picows":
-            command = [PYTHON, os.path.join(BENCH, "peers", "picows_relay.py"), str(self.port)]
+            command = [PYTHON, os.path.join(BENCH, "peers", "picows_relay.py"), str(self.port), str(KEEPALIVE)]
             self.path = "/"
         else:
             raise ValueError(name)
@@ -168,8 +183,9 @@ class Server:
 class Generator:
     """One run of wsgen; `on` maps each phase line it prints to what the runner does before "go"."""
 
-    def __init__(self, binary: str, mode: str, server: Server, **options):
-        args = [binary, mode, f"port={server.port}", f"path={server.path}",
+    def __init__(self, binary: str, mode: str, server: Server, app: str = "carparty", **options):
+        path = RELAYD_PATHS[app] if server.name == "relayd" and app != "carparty" else server.path
+        args = [binary, mode, f"port={server.port}", f"path={path}", f"app={app}",
                 *[f"{k}={v}" for k, v in options.items()]]
         self.process = subprocess.Popen(pinned(args, 0), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                         preexec_fn=_more_files)
@@ -194,10 +210,10 @@ class Generator:
         self.process.stdin.flush()
 
 
-def traffic(binary: str, server: Server, mode: str, **options) -> dict:
+def traffic(binary: str, server: Server, mode: str, app: str = "carparty", **options) -> dict:
     """A run whose server CPU is sampled between READY and DONE: the timed traffic only."""
     marks: dict = {}
-    gen = Generator(binary, mode, server, **options)
+    gen = Generator(binary, mode, server, app, **options)
     result = gen.run({"READY": lambda: marks.update(cpu0=server.cpu()), "DONE": lambda: marks.update(cpu1=server.cpu())})
     if "seconds" in result and "cpu1" in marks:
         server_cpu = marks["cpu1"] - marks["cpu0"]
@@ -207,11 +223,15 @@ def traffic(binary: str, server: Server, mode: str, **options) -> dict:
     return result
 
 
-def fan_out(binary, server, receivers, mode, deliveries):
+APP_SCENARIOS = {"wikispeedruns": "wikispeedruns refresh", "clicker": "clicker scores"}
+
+
+def fan_out(binary, server, receivers, mode, deliveries, app="carparty"):
     window = 64 if mode == "many" else 1
-    result = traffic(binary, server, "fanout", receivers=receivers, window=window,
+    result = traffic(binary, server, "fanout", app, receivers=receivers, window=window,
                      messages=max(10, deliveries // receivers))
-    result.update(scenario=f"fan-out {mode} N={receivers}")
+    suffix = f" ({APP_SCENARIOS[app]})" if app in APP_SCENARIOS else ""
+    result.update(scenario=f"fan-out {mode} N={receivers}{suffix}")
     return result
 
 
@@ -420,7 +440,10 @@ def markdown(results: list[dict], servers: list[str]) -> str:
                          *[_ratio(rates.get("relayd"), rates[p]) for p in peers],
                          *[_pct(get(sc, s, "server_cpu_share")) for s in servers], _pct(gen_max(sc))])
         parts.append("## Fan-out\n\nDeliveries per second of 100-byte text frames, one game server to N phones, "
-                     "with up to 64 frames in flight per phone (many) or one (lock-step).\n\n" + _table(head, rows))
+                     "with up to 64 frames in flight per phone (many) or one (lock-step). The rows marked "
+                     "(wikispeedruns refresh) fan out a lobby's `refresh` to N pages; (clicker scores) a scoring "
+                     "device's SCORE lines to N judges' screens, each score written durably by relayd before it "
+                     "is acknowledged and delivered (the peers keep nothing).\n\n" + _table(head, rows))
     if family("latency"):
         head = ["scenario", *[f"{s} p50 / p99 ms" for s in servers], *[f"{s} CPU µs/delivery" for s in servers],
                 *[f"relayd / {p} p99" for p in peers], *[f"relayd / {p} CPU/delivery" for p in peers],
@@ -437,7 +460,7 @@ def markdown(results: list[dict], servers: list[str]) -> str:
                      "time; p50/p99 from send to receipt over every delivery after a 0.5 s warm-up.\n\n" + _table(head, rows))
     if family("connections"):
         head = ["scenario", "server", "handshakes/s", "server CPU while connecting", "RSS bytes / idle connection",
-                "idle CPU (keepalive every 10 s)", "generator CPU"]
+                f"idle CPU (keepalive every {KEEPALIVE:g} s)", "generator CPU"]
         rows = []
         for sc in family("connections"):
             for s in servers:
@@ -527,7 +550,7 @@ def targets(results: list[dict]) -> str:
         r = ratio(conn, "rss_bytes_per_connection")
         row("Resident memory per idle connection <= 1.25x ws", f"{r:.2f}x" if r else "-", r <= 1.25 if r else None)
         idle = value(conn, "relayd", "idle_cpu_share")
-        row(f"{conn.split()[1]} idle connections with keepalive (every {KEEPALIVE} s): < 2% of a core",
+        row(f"{conn.split()[1]} idle connections with keepalive (every {KEEPALIVE:g} s): < 2% of a core",
             f"{idle:.2%}" if idle is not None else "-", idle < 0.02 if idle is not None else None)
     rooms = [r for r in results if r["scenario"].startswith("gameroom")]
     if rooms:
@@ -558,16 +581,20 @@ def write_report(results: list[dict], servers: list[str], path: str = os.path.jo
 
 
 def main(argv=None) -> int:
+    global KEEPALIVE
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="a few seconds of each scenario, for the test suite")
     parser.add_argument("--servers", default="relayd,ws,picows")
-    parser.add_argument("--only", default="fanout,latency,connections,churn,gameroom,cluster")
+    parser.add_argument("--only", default="fanout,apps,latency,connections,churn,gameroom,cluster")
+    parser.add_argument("--keepalive", type=float, default=KEEPALIVE,
+                        help="seconds between keepalive pings, for relayd and both peers (default %(default)s)")
     parser.add_argument("--node-cores", default="1", help="cores the cluster scenario's relayd nodes are pinned to, round-robin")
     parser.add_argument("--receivers", default="1,10,100,1000")
     parser.add_argument("--deliveries", type=int, default=1000000, help="deliveries per many-in-flight scenario")
     parser.add_argument("--out", default=OUT)
     parser.add_argument("--report", metavar="JSONL", help="only write bench/results.md from an earlier run's results.jsonl")
     args = parser.parse_args(argv)
+    KEEPALIVE = args.keepalive
     if args.report:
         with open(args.report) as f:
             results = [json.loads(line) for line in f if line.strip()]
@@ -576,14 +603,17 @@ def main(argv=None) -> int:
     servers, only = args.servers.split(","), set(args.only.split(","))
     receivers = [int(n) for n in args.receivers.split(",")]
     deliveries = args.deliveries
-    latencies, idle, hold, churn_s, rate_s = [(100, 500), (1000, 50)], 10000, 2 * KEEPALIVE, 3, 5
+    latencies, idle, hold, churn_s, rate_s = [(100, 500), (1000, 50)], 10000, max(2 * KEEPALIVE, 20), 3, 5
     room_steps, room_s = [100, 250, 500, 750, 1000, 1500, 2000], 10
     cluster_receivers, cluster_deliveries = 300, 300000
+    # the other apps' fan-out: lobby prompt refresh to many pages, scores to a few judges' screens
+    app_receivers, app_deliveries = {"wikispeedruns": [100, 1000], "clicker": [10, 100]}, 200000
     if args.smoke:
         receivers, deliveries = [1, 10], 5000
         latencies, idle, hold, churn_s, rate_s = [(10, 100)], 200, 1, 1, 1
         room_steps, room_s = [5], 2
         cluster_receivers, cluster_deliveries = 10, 2000
+        app_receivers, app_deliveries = {"wikispeedruns": [10], "clicker": [10]}, 2000
     os.makedirs(args.out, exist_ok=True)
     binary = build_generator(args.out)
     results = []
@@ -601,6 +631,10 @@ def main(argv=None) -> int:
                         # lock-step costs a round trip per message: fewer deliveries keep it in proportion
                         count = deliveries if mode == "many" else max(n * 10, deliveries // 5)
                         record(fan_out(binary, server, n, mode, count))
+            if "apps" in only:
+                for app, counts in app_receivers.items():
+                    for n in counts:
+                        record(fan_out(binary, server, n, "many", app_deliveries, app))
             if "latency" in only:
                 for n, rate in latencies:
                     record(latency(binary, server, n, rate, rate_s))

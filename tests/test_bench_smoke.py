@@ -48,6 +48,8 @@ class BenchSmokeTests(TestCase):
         kinds = {r["scenario"].split(" ")[0] for r in results}
         self.assertEqual(kinds, {"fan-out", "latency", "connections", "churn", "gameroom", "cluster"})
         self.assertEqual(sorted(r["nodes"] for r in results if r["scenario"].startswith("cluster")), [1, 2, 3])
+        for app in ("wikispeedruns refresh", "clicker scores"):
+            self.assertEqual({r["server"] for r in results if r["scenario"].endswith(f"({app})")}, set(servers))
         for r in results:
             if r["scenario"].startswith(("fan-out", "cluster")):
                 self.assertGreater(r["deliveries_per_s"], 0)

@@ -5,6 +5,9 @@
  *
  *   wsgen MODE port=P path=/carparty/ws [key=value ...]
  *   wsgen MODE ports=P1,P2,P3 ...     several relayd nodes of one cluster: connection i to node i mod n
+ *   wsgen fanout app=wikispeedruns|clicker ...   the same fan-out through another app's protocol:
+ *            lobby prompt `refresh` to everyone following a lobby, or a scoring device's SCORE lines
+ *            to the judges' screens that LISTEN to it (default app=carparty)
  *
  * Modes:
  *   fanout   one sender, `receivers` phones, `messages` frames each; `window` frames in flight per
@@ -55,12 +58,12 @@ typedef struct {
 } Conn;
 
 static struct {
-    const char *mode, *path, *rooms_file;
+    const char *mode, *path, *rooms_file, *app;
     int port, receivers, window, connections, concurrency;
     long messages;
     double rate, seconds;
     int nports, ports[16];
-} cfg = {.mode = "fanout", .path = "/", .receivers = 10, .window = 64, .connections = 1000, .concurrency = 64,
+} cfg = {.mode = "fanout", .path = "/", .app = "carparty", .receivers = 10, .window = 64, .connections = 1000, .concurrency = 64,
          .messages = 1000, .rate = 500, .seconds = 5};
 
 static int ep;
@@ -187,8 +190,25 @@ static void free_conn(Conn *c) {
     free(c);
 }
 
+/* app=wikispeedruns: everyone follows one lobby's prompt list; the sender triggers `refresh`.
+ * app=clicker: the sender is a scoring device, the receivers judges' screens listening to it. */
+static char device_id[16];
+
+static int app_is(const char *name) { return !strcmp(cfg.app, name); }
+
 static void login(Conn *c) {
     char text[160];
+    if (app_is("wikispeedruns")) {
+        snprintf(text, sizeof text, "{\"type\":\"lobby_prompts\",\"lobby_id\":\"%s\"}", code);
+        send_text(c, text);
+        return;
+    }
+    if (app_is("clicker")) {
+        if (c->index == 0) return send_text(c, "REGISTER");
+        if (!device_id[0]) die("the scoring device has no id yet");
+        snprintf(text, sizeof text, "LISTEN %s", device_id);
+        return send_text(c, text);
+    }
     if (c->index == 0)
         snprintf(text, sizeof text, "{\"action\":\"login_server\",\"server_code\":\"%s\"}", code);
     else
@@ -307,9 +327,26 @@ static void payload_at(char *out, uint64_t ns) {
 
 static void send_payload(void) {
     char p[PAYLOAD + 1];
-    payload_at(p, now_ns());
-    send_frame(sender, 1, p, PAYLOAD);
+    if (app_is("wikispeedruns")) {
+        send_text(sender, "{\"type\":\"lobby_prompts_update\"}");
+    } else if (app_is("clicker")) {
+        snprintf(p, sizeof p, "SCORE %ld %ld", sent + 1, sent);
+        send_text(sender, p);
+    } else {
+        payload_at(p, now_ns());
+        send_frame(sender, 1, p, PAYLOAD);
+    }
     sent++;
+}
+
+/* whether a receiver's frame is one delivery of the scenario (0: a notice to skip, -1: malformed) */
+static int is_delivery(const char *payload, size_t len) {
+    if (app_is("wikispeedruns")) return len == 7 && !memcmp(payload, "refresh", 7) ? 1 : -1;
+    if (app_is("clicker")) {
+        if (len >= 8 && !memcmp(payload, "CONNECT", 7)) return 0;
+        return len > 6 && !memcmp(payload, "SCORE ", 6) ? 1 : -1;
+    }
+    return len == PAYLOAD ? 1 : -1;
 }
 
 static void pump(void) {
@@ -339,9 +376,16 @@ static void gameroom_message(Conn *c, const char *payload, size_t len) {
 
 static void on_message(Conn *c, const char *payload, size_t len) {
     if (!strcmp(cfg.mode, "gameroom")) return gameroom_message(c, payload, len);
-    if (c == sender) return; /* notices of phones joining */
-    if (len != PAYLOAD) {
-        malformed++;
+    if (c->index == 0) {
+        /* notices of phones joining, SCORED acks, the sender's own refresh; the device learns its id
+         * (its REGISTERED may arrive before `sender` is set) */
+        if (app_is("clicker") && len > 11 && !memcmp(payload, "REGISTERED ", 11) && !device_id[0])
+            sscanf(payload + 11, "%15[0-9]", device_id);
+        return;
+    }
+    int kind = is_delivery(payload, len);
+    if (kind <= 0) {
+        if (kind < 0) malformed++;
         return;
     }
     c->count++;
@@ -527,6 +571,7 @@ int main(int argc, char **argv) {
                 cfg.ports[cfg.nports++] = atoi(p);
         else if (!strcmp(k, "path")) cfg.path = v;
         else if (!strcmp(k, "rooms_file")) cfg.rooms_file = v;
+        else if (!strcmp(k, "app")) cfg.app = v;
         else if (!strcmp(k, "receivers")) cfg.receivers = atoi(v);
         else if (!strcmp(k, "window")) cfg.window = atoi(v);
         else if (!strcmp(k, "messages")) cfg.messages = atol(v);

@@ -389,3 +389,19 @@ class SchedulerTests(TestCase):
         clock.advance(0.015)
         self.assertAlmostEqual(late[0], 0.005, places=6)
         scheduler.stop()
+
+
+class SchedulerTests(TestCase):
+    def test_ticks_run_only_while_a_game_runs(self):
+        """No tick wakes the reactor while no game runs; ticks start with a game and stop once it is over."""
+        h = harness()
+        app = h.app("gameroom")
+        room_id, seats = new_game(h, players=1)
+        h.flush()
+        self.assertFalse(app.scheduler.running)  # joined, not started
+        play(h, seats, until=lambda: seats[0].player.executed >= 3)
+        self.assertTrue(app.scheduler.running)
+        seats[0].send({"type": "finish", "result": {"score": 1}})
+        play(h, seats, until=lambda: not app.core.running)
+        h.advance(0.05)
+        self.assertEqual((app.core.running, app.scheduler.running), ({}, False))

@@ -46,6 +46,7 @@ class CarPartyProtocol(RelaydProtocol):
     accepts_binary = True
     session: ServerSession | ClientSession | None = None
     logging_in = False
+    early: list | None = None  # frames sent while the login is answered; made only when one comes
 
     def send(self, frame: Frame) -> None:
         self.send_frame(frame)
@@ -76,11 +77,13 @@ class CarPartyProtocol(RelaydProtocol):
             d = core.login_server(code, self.send, self._kicked)
         else:
             d = core.login_client(code, message["client_id"], self.send, self._kicked)
-        self.logging_in, self.early = True, []
+        self.logging_in = True
         d.addCallbacks(self._logged_in, self._login_failed)
 
     def _hold(self, payload: bytes, is_binary: bool) -> None:
         """Frames sent right after the login wait for its answer (from Redis, on several nodes), in order."""
+        if self.early is None:
+            self.early = []
         if len(self.early) >= MAX_EARLY_FRAMES:
             raise Drop("too_many_frames_before_login")
         self.early.append((payload, is_binary))
@@ -93,14 +96,14 @@ class CarPartyProtocol(RelaydProtocol):
             core.server_left(session) if isinstance(session, ServerSession) else core.client_left(session)
             return
         self.session = session
-        early, self.early = self.early, []
+        early, self.early = self.early or (), None
         for payload, is_binary in early:
             if self.state != self.STATE_OPEN:
                 break
             self.received(payload, is_binary)
 
     def _login_failed(self, failure) -> None:
-        self.logging_in, self.early = False, []
+        self.logging_in, self.early = False, None
         if failure.check(Drop):
             self._drop(failure.value.reason)
         elif failure.check(Unavailable):

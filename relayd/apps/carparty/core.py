@@ -113,15 +113,25 @@ class ServerSession:
 
 
 class ClientSession:
-    __slots__ = ("code", "client_id", "subscriptions", "receiver", "kick", "gone")
+    __slots__ = ("core", "code", "client_id", "subscriptions", "receiver", "kick", "gone")
 
-    def __init__(self, code: str, client_id: str, receiver: Callable[[Frame], None], kick: Callable[[], None]):
+    def __init__(self, core: "CarParty", code: str, client_id: str, receiver: Callable[[Frame], None],
+                 kick: Callable[[], None]):
+        self.core = core
         self.code = code
         self.client_id = client_id
         self.subscriptions: list = []
         self.receiver = receiver
         self.kick = kick
         self.gone = False
+
+    def deliver(self, message) -> None:
+        """What the phone's channels carry: frames for it, or its server's leaving."""
+        if isinstance(message, ServerGone):
+            self.core._forget(self)
+            self.kick()
+        else:
+            self.receiver(message)
 
 
 class CarParty:
@@ -172,8 +182,8 @@ class CarParty:
         def found(exists):
             if not exists:
                 raise Drop("unknown_code")
-            client = ClientSession(code, client_id, receiver, kick)
-            deliver = self._deliverer(client)
+            client = ClientSession(self, code, client_id, receiver, kick)
+            deliver = client.deliver  # one bound method for both channels
             client.subscriptions = [
                 self.bus.subscribe(_clients_channel(code), deliver),
                 self.bus.subscribe(_client_channel(code, client_id), deliver),
@@ -191,16 +201,6 @@ class CarParty:
         if not client.gone:
             self.bus.publish(_server_channel(client.code), Frame.json({"action": "connect", "client_id": client.client_id}))
         return client
-
-    def _deliverer(self, client: ClientSession) -> Callable[[Any], None]:
-        def deliver(message):
-            if isinstance(message, ServerGone):
-                self._forget(client)
-                client.kick()
-            else:
-                client.receiver(message)
-
-        return deliver
 
     def from_client(self, client: ClientSession, payload: bytes) -> None:
         """A phone's frame, stamped with its client_id (overwriting any it carried), to its server."""

@@ -108,6 +108,7 @@ class GameSession:
             core.change_setup(room, self.player, message.get("changes"), now)
         elif kind == "ready":
             core.set_ready(room, self.player, message.get("ready"), now)
+            app.ensure_ticking()
         elif kind == "finish":
             core.finish(room, self.player, message.get("result"), now)
         elif kind == "join":
@@ -120,6 +121,7 @@ class GameSession:
         core, room = app.core, self.room
         if "session" in message:
             player = core.rejoin(room, message["session"], now)
+            app.ensure_ticking()
             previous = app.live.get((room.id, player.pid))
             if previous is not None and previous is not self:
                 previous.player = None  # its close must not mark the player away
@@ -334,14 +336,29 @@ class GameRoomApp(App):
         )
         self._persist = LoopingCall(self._flush)
         self._persist.clock = self.reactor
+        self._housekeeping = LoopingCall(self._keep_house)
+        self._housekeeping.clock = self.reactor
         self._flushing: defer.Deferred | None = None
-        self._last_housekeeping = 0.0
+        self._stopping = False
 
     def _tick(self, now: float) -> None:
         self.core.tick(now)
-        if now - self._last_housekeeping >= 1.0:
-            self._last_housekeeping = now
-            self.core.housekeeping(now)
+        if not self.core.running:
+            # no game running: no reason to wake the reactor every tick_interval
+            self.scheduler.stop()
+
+    def ensure_ticking(self) -> None:
+        """Ticks run only while a game runs: called whenever a room may have started running."""
+        if self.core.running and not self.scheduler.running and not self._stopping:
+            self.scheduler.start()
+
+    def _keep_house(self) -> None:
+        # a LoopingCall whose function raises stops for good: this one catches its own errors
+        try:
+            self.core.housekeeping(self.reactor.seconds())
+        except Exception:
+            _log.failure("gameroom: housekeeping failed; it runs again in a second")
+            self.metrics.parent.tick_errors.labels(self.ctx.name).inc()
 
     @defer.inlineCallbacks
     def start(self):
@@ -353,7 +370,8 @@ class GameRoomApp(App):
                 _log.failure("gameroom: room {room} could not be restored", room=meta.get("id"))
         if self.router is not None:
             self.router.startService()
-        self.scheduler.start()
+        self.ensure_ticking()
+        self._housekeeping.start(1.0, now=False)
         self._persist.start(self.options["persist_interval"], now=False)
 
     def _flush(self):
@@ -402,7 +420,10 @@ class GameRoomApp(App):
 
     @defer.inlineCallbacks
     def stop(self):
+        self._stopping = True
         self.scheduler.stop()
+        if self._housekeeping.running:
+            self._housekeeping.stop()
         if self._persist.running:
             self._persist.stop()
         if self._flushing is not None:
