@@ -15,6 +15,7 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from txredisapi import ConnectionError as RedisConnectionError
 
 from relayd.backplane.redisbus import RedisBus
 
@@ -35,7 +36,7 @@ class Cluster(Service):
         self.clock = clock
         self.node_timeout = node_timeout
         self.node_id = bus.node_id.decode("ascii")
-        self.prefix = bus.prefix.rsplit(":bus:", 1)[0]
+        self.prefix = bus.key_prefix
         self._reconnected: list[Callable[[], None]] = []
         self._heartbeat = LoopingCall(self._beat)
         self._heartbeat.clock = clock
@@ -66,8 +67,6 @@ class Cluster(Service):
 
     @staticmethod
     def _unavailable(failure):
-        from txredisapi import ConnectionError as RedisConnectionError
-
         if failure.check(RedisConnectionError):
             raise Unavailable(failure.getErrorMessage())
         return failure

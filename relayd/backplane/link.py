@@ -10,7 +10,7 @@ from typing import Callable
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
-from twisted.internet import defer, protocol
+from twisted.internet import protocol
 from twisted.logger import Logger
 
 from relayd.backplane.target import RedisTarget
@@ -50,7 +50,7 @@ class RedisLink(Service):
     def __init__(
         self, target: RedisTarget, *, clock, name: str, protocol_class,
         on_up: Callable[[object], None], on_down: Callable[[], None],
-        reply_timeout: float | None = 5.0, max_backoff: float = 5.0,
+        on_message: Callable[[bytes, bytes], None] | None = None, reply_timeout: float | None = 5.0, max_backoff: float = 5.0,
     ):
         self.target = target
         self.clock = clock
@@ -59,8 +59,8 @@ class RedisLink(Service):
         self.reply_timeout = reply_timeout
         self.on_up = on_up
         self.on_down = on_down
+        self.on_message = on_message  # (channel, message) for a subscribing connection
         self.protocol = None
-        self.attempts = 0
         # backoffPolicy's default jitter adds up to a whole second, more than a short max_backoff
         policy = backoffPolicy(
             initialDelay=min(0.2, max_backoff), maxDelay=max_backoff, factor=2.0,
@@ -82,7 +82,6 @@ class RedisLink(Service):
     def _prepare(self, proto) -> None:
         # ClientService cannot lose a connection whose preparation is still pending, so the link
         # counts as up only once txredisapi says the connection is usable, tracked here
-        self.attempts += 1
         self.rejected += 1
         # small commands back to back: Nagle's algorithm would hold each behind the previous one's ACK
         set_no_delay = getattr(proto.transport, "setTcpNoDelay", None)

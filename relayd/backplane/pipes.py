@@ -28,6 +28,7 @@ from relayd.ws.frames import Frame
 _log = Logger()
 
 SERVICE_RESTART = 1012  # the room moved to another node: reconnect (and resume)
+MOVED = "the room moved to another node; reconnect"
 
 
 class PipeMessage:
@@ -113,15 +114,15 @@ class Pipe:
 
     def moved(self) -> None:
         """The room's node died or gave the room up: the client reconnects and resumes elsewhere."""
-        self.conn.close(SERVICE_RESTART, "the room moved to another node; reconnect")
+        self.conn.close(SERVICE_RESTART, MOVED)
 
 
 class RemoteEnd:
     """
     The room's side of a pipe. An app mixes it into its session class: the session calls `send`,
-    `close`, `report` as on a connection; the mix gives `handle(payload)` (a frame from the client)
-    and `session_over()` (the client is gone). Both come from the session class, so they are not
-    defined here: a placeholder would win over them in the method order.
+    `close`, `report` as on a connection, and gives `report`, `handle(payload)` (a frame from the
+    client) and `end_session()` (the client is gone). They come from the session class, so they are
+    not defined here: a placeholder would win over them in the method order.
     """
 
     def __init__(self, pipes: "Pipes", key: str, reply: str):
@@ -144,7 +145,7 @@ class RemoteEnd:
         if self.open:
             self.open = False
             self.pipes.ends.pop(self.key, None)
-            self.session_over()
+            self.end_session()
 
     def still_open(self) -> bool:
         return self.open

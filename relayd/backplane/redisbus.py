@@ -43,7 +43,7 @@ class _Subscriber(SubscriberProtocol):
             super().dataReceived(data, unpause)
 
     def messageReceived(self, pattern, channel, message):
-        self.factory.link.bus_owner._arrived(channel, message)
+        self.factory.link.on_message(channel, message)
 
 
 @implementer(IBus)
@@ -55,6 +55,7 @@ class RedisBus(MultiService):
         super().__init__()
         self.target = target
         self.metrics = metrics
+        self.key_prefix = prefix  # of every Redis key and channel of this cluster
         self.prefix = prefix + ":bus:"
         self._prefix_bytes = self.prefix.encode()
         self.queue_limit = queue_limit
@@ -76,9 +77,8 @@ class RedisBus(MultiService):
         )
         self.subscriber = RedisLink(
             target, clock=clock, name="subscriber", protocol_class=_Subscriber, reply_timeout=None,
-            on_up=self._subscriber_up, on_down=self._link_down, max_backoff=max_backoff,
+            on_up=self._subscriber_up, on_down=self._link_down, on_message=self._arrived, max_backoff=max_backoff,
         )
-        self.subscriber.bus_owner = self
         self.publisher.setServiceParent(self)
         self.subscriber.setServiceParent(self)
         self.metrics.bus_up.set(0)

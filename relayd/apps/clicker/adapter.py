@@ -207,7 +207,7 @@ class ClickerApp(App):
             d.callback(None)
 
     def stop(self):
-        return self.state.stop() if hasattr(self.state, "stop") else None
+        return self.state.stop()
 
     def when_ready(self) -> defer.Deferred:
         if self._ready:

@@ -38,6 +38,9 @@ class IClickerState(Interface):
     def snapshot(ids: list) -> defer.Deferred:
         """Fires with (the ids connected now, {id: (timestamp, score)} of their latest scores)."""
 
+    def stop() -> None:
+        """Stop what start began."""
+
 
 @implementer(IClickerState)
 class LocalState:
@@ -50,6 +53,9 @@ class LocalState:
         identities = yield self.store.items(IDENTITIES)
         latest = yield self.store.items(LATEST)
         self.core.load(identities, latest)
+
+    def stop(self):
+        pass  # nothing runs between commands
 
     @defer.inlineCallbacks
     def identify(self, secret):

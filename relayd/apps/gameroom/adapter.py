@@ -70,6 +70,12 @@ class GameSession:
     subscriptions = ()
     mode = "play"
 
+    def report(self, error: ProtocolError) -> None:
+        """The protocol's error form; an error that closes closes with 1008."""
+        self.send(Frame.json({"type": "error", "error": error.kind, "message": error.message}))
+        if error.close:
+            self.close(closecodes.POLICY, error.message)
+
     def start_session(self) -> None:
         if self.mode == "watch":
             self._spectate()
@@ -201,11 +207,6 @@ class GameRoomProtocol(GameSession, RelaydProtocol):
 
     def send(self, frame: Frame) -> None:
         self.send_frame(frame)
-
-    def report(self, error: ProtocolError) -> None:
-        self.send(Frame.json({"type": "error", "error": error.kind, "message": error.message}))
-        if error.close:
-            self.close(closecodes.POLICY, error.message)
 
     def opened(self) -> None:
         if self.owner is not None:

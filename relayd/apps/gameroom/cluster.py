@@ -16,10 +16,8 @@ from twisted.logger import Logger
 from relayd.apps.gameroom.roomstore import RedisRoomStore
 from relayd.backplane.cluster import Cluster
 from relayd.backplane.leases import Leases
-from relayd.backplane.pipes import SERVICE_RESTART, Pipes, RemoteEnd
+from relayd.backplane.pipes import MOVED, SERVICE_RESTART, Pipes, RemoteEnd
 from relayd.errors import ProtocolError
-from relayd.ws import closecodes
-from relayd.ws.frames import Frame
 
 _log = Logger()
 
@@ -32,14 +30,6 @@ class RemoteGame(RemoteEnd):
         self.app = app
         self.room = room
         self.mode = mode
-
-    def report(self, error: ProtocolError) -> None:
-        self.send(Frame.json({"type": "error", "error": error.kind, "message": error.message}))
-        if error.close:
-            self.close(closecodes.POLICY, error.message)
-
-    def session_over(self) -> None:
-        self.end_session()
 
 
 class Router(MultiService):
@@ -95,7 +85,7 @@ class Router(MultiService):
         room = self.app.core.rooms.get(body["room"])
         end = self.remote_class(pipes, key, reply, self.app, room, body["mode"])
         if room is None:
-            end.close(SERVICE_RESTART, "the room moved to another node; reconnect")
+            end.close(SERVICE_RESTART, MOVED)
             return end
         try:
             end.start_session()
@@ -111,10 +101,10 @@ class Router(MultiService):
         """Another node holds this room now (this one was cut off): its clients here reconnect there."""
         for (rid, _), session in list(self.app.live.items()):
             if rid == room_id:
-                session.close(SERVICE_RESTART, "the room moved to another node; reconnect")
+                session.close(SERVICE_RESTART, MOVED)
         for end in list(self.pipes.ends.values()):
             if end.room is not None and end.room.id == room_id:
-                end.close(SERVICE_RESTART, "the room moved to another node; reconnect")
+                end.close(SERVICE_RESTART, MOVED)
         self.app.core.drop(room_id)
 
     def startService(self):

@@ -123,6 +123,12 @@ class Session:
             _log.failure("groovejet: handling a client failed", failure)
             self._internal_error()
 
+    def report(self, e: ProtocolError) -> None:
+        """The protocol's error form; an error that closes says why in the close too."""
+        self.send(Frame.json({"type": "error", "errorType": e.kind, "errorMessage": e.message}))
+        if e.close:
+            self.close(closecodes.NORMAL, e.message)
+
     # ---- identity ------------------------------------------------------------------------------
 
     def _take_identity(self, client_id: str, token: str) -> None:
@@ -292,11 +298,6 @@ class GroovejetProtocol(Session, RelaydProtocol):
 
     def send(self, frame: Frame) -> None:
         self.send_frame(frame)
-
-    def report(self, e: ProtocolError) -> None:
-        self.send(Frame.json({"type": "error", "errorType": e.kind, "errorMessage": e.message}))
-        if e.close:
-            self.close(closecodes.NORMAL, e.message)
 
     def still_open(self) -> bool:
         return self.state == self.STATE_OPEN

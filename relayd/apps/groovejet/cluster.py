@@ -28,7 +28,7 @@ from relayd import jsonutil
 from relayd.apps.groovejet.core import CODE_ALPHABET, CODE_LENGTH, _token_key, error
 from relayd.backplane.cluster import Cluster, Unavailable
 from relayd.backplane.leases import Leases
-from relayd.backplane.pipes import SERVICE_RESTART, Pipes, RemoteEnd
+from relayd.backplane.pipes import MOVED, SERVICE_RESTART, Pipes, RemoteEnd
 from relayd.errors import ProtocolError
 from relayd.ws import closecodes
 from relayd.ws.frames import Frame
@@ -98,14 +98,6 @@ class RemoteClient(RemoteEnd):
         RemoteEnd.__init__(self, pipes, key, reply)
         self.app = app
         self.params = params
-
-    def report(self, e: ProtocolError) -> None:
-        self.send(Frame.json({"type": "error", "errorType": e.kind, "errorMessage": e.message}))
-        if e.close:
-            self.close(closecodes.NORMAL, e.message)
-
-    def session_over(self) -> None:
-        self.end_session()
 
 
 class Router(MultiService):
@@ -245,7 +237,7 @@ class Router(MultiService):
             session = self.app.live.get(seat.client_id)
             if session is not None:
                 session.seat = None
-                session.close(SERVICE_RESTART, "the room moved to another node; reconnect")
+                session.close(SERVICE_RESTART, MOVED)
         core.drop_room(code)
 
     @staticmethod

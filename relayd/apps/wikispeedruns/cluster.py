@@ -20,6 +20,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from relayd.apps.wikispeedruns.core import RosterUpdate
 from relayd.apps.wikispeedruns.roster import ALSO, IRoster, Roster
 from relayd.backplane.cluster import Cluster, Unavailable
 
@@ -184,8 +185,6 @@ class RosterKeeper(Service):
             self._sweeper.stop()
 
     def _publish(self, group, roster: Roster | None) -> None:
-        from relayd.apps.wikispeedruns.core import RosterUpdate
-
         if roster is not None and roster.names:
             self.core.bus.publish(group.channel, RosterUpdate.of(roster))
 
