@@ -44,7 +44,7 @@ def main(count: int) -> None:
     # keepalive on, as in bench/run: each connection also has its place in the keepalive wheel
     base = BASE_INI.replace("[listener:main]\n", "[listener:main]\nmax_connections = 100000\nmax_connections_per_address = 0\n")
     base = base.replace("auto_ping_interval = 0", "auto_ping_interval = 10")
-    h = Harness(make_config(APP, base=base, limits="rate_limit = 0")).start()
+    h = Harness(make_config(APP, base=base, limits="rate_limit = 0\nbyte_rate = 0")).start()
     server = h.raw(UPGRADE.format(key=base64.b64encode(os.urandom(16)).decode()).encode())
     h.flush()
     server.transport.write(frame('{"action":"login_server","server_code":"MEM"}'))

@@ -55,6 +55,7 @@ metrics = yes
 
 [limits]
 rate_limit = 0
+byte_rate = 0
 auto_ping_interval = {keepalive}
 auto_ping_timeout = {keepalive}
 

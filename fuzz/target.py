@@ -29,7 +29,7 @@ APPS = {
 }
 APP = os.environ.get("RELAYD_FUZZ_APP", "wikispeedruns")
 SECTION, PATH = APPS[APP]
-CONFIG = make_config(SECTION, limits="rate_limit = 0")
+CONFIG = make_config(SECTION, limits="rate_limit = 0\nbyte_rate = 0")
 
 
 def internal_errors(h) -> float:

@@ -14,6 +14,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from relayd.config.model import Limits, ListenerConfig
 from relayd.tls import ReloadableTLS
+from relayd.web.proxy import ProxyHeaderFactory, RefusingWrapper
 from relayd.web.resources import Router
 from relayd.web.site import RelaydSite
 from relayd.web.tracker import ConnectionTracker
@@ -29,6 +30,10 @@ class StartupError(SystemExit):
         self.message = message
 
 
+class _TLSFactory(RefusingWrapper, TLSMemoryBIOFactory):
+    """relayd's TLS layer over the Site, which may refuse a connection before TLS starts."""
+
+
 class Listener(MultiService):
     def __init__(self, config: ListenerConfig, *, reactor, limits: Limits, metrics):
         super().__init__()
@@ -37,13 +42,23 @@ class Listener(MultiService):
         self.reactor = reactor
         self.router = Router()
         self.tracker = ConnectionTracker(config.max_connections, config.max_connections_per_address)
+        endpoint = config.endpoint
         self.site = RelaydSite(
             self.router, reactor=reactor, tracker=self.tracker, limits=limits, metrics=metrics,
-            listener_name=config.name,
+            listener_name=config.name, trusted_proxies=config.trusted_proxies, proxies_only=endpoint.proxy_protocol,
         )
-        self.tls = ReloadableTLS(config.endpoint.tls) if config.endpoint.tls is not None else None
-        factory = self.site if self.tls is None else TLSMemoryBIOFactory(self.tls, False, self.site)
-        self.endpoint_service = strports.service(config.endpoint.description, factory, reactor=reactor)
+        self.tls = ReloadableTLS(endpoint.tls) if endpoint.tls is not None else None
+        factory = self.site if self.tls is None else _TLSFactory(self.tls, False, self.site)
+        description = endpoint.description
+        if config.trusted_proxies:
+            # the PROXY header comes before TLS; haproxy: listeners require it, others accept it from proxies
+            factory = ProxyHeaderFactory(
+                factory, config.trusted_proxies, required=endpoint.proxy_protocol,
+                on_refused=self.site.reject,
+            )
+            description = description.removeprefix("haproxy:")
+        self.factory = factory  # what the endpoint accepts connections with
+        self.endpoint_service = strports.service(description, factory, reactor=reactor)
         self.endpoint_service.setServiceParent(self)
         self.accepting = False
 
@@ -107,6 +122,9 @@ class Listener(MultiService):
             slot.release()
         return len(left)
 
-    def reload_tls(self) -> None:
-        if self.tls is not None:
-            self.tls.reload()
+    def reload_tls(self) -> bool:
+        """Re-read this listener's certificate files; False when it serves no TLS."""
+        if self.tls is None:
+            return False
+        self.tls.reload()
+        return True

@@ -77,7 +77,8 @@ class RelaydService(MultiService):
                 factory.daemon = self
                 demo = demo_page(name) if app_config.demo else None
                 listener.router.mount(
-                    app_config.path, AppMount(factory, app.http_resource(), app.accepts_websocket_path, self, demo)
+                    app_config.path,
+                    AppMount(factory, app.http_resource(), app.accepts_websocket_path, self, demo, f"app:{name}"),
                 )
         self.metrics.ready.set(0)
 
@@ -126,7 +127,12 @@ class RelaydService(MultiService):
             set_component(ILogObserver, make_observer(self.config.daemon.log_format, self.config.daemon.log_level))
         super().setServiceParent(parent)
 
+    _privileged_started = False
+
     def privilegedStartService(self):
+        if self._privileged_started:
+            return
+        self._privileged_started = True
         try:
             super().privilegedStartService()
         except BaseException:
@@ -162,8 +168,11 @@ class RelaydService(MultiService):
 
     def reload(self):
         """SIGHUP: re-read certificate files; new connections get the renewed certificates."""
-        for listener in self.listeners.values():
-            listener.reload_tls()
+        reloaded = [name for name, listener in self.listeners.items() if listener.reload_tls()]
+        if reloaded:
+            _log.info("SIGHUP: reloaded the TLS certificates of {listeners}", listeners=", ".join(reloaded))
+        else:
+            _log.info("SIGHUP: nothing to reload (no TLS listener; the config file is read only at start)")
 
     def _all_closed_within(self, timeout: float) -> defer.Deferred:
         """Fires True once every listener is empty, or False when timeout passes first."""

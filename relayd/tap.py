@@ -2,7 +2,8 @@
 The twistd plugin: `twistd -n relayd --config etc/relayd.ini`.
 
 A configuration problem ends start-up with one line naming file, section and key, and a non-zero
-exit; `--check` validates and exits.
+exit; `--check` validates, prints what every app gets on every listener, and exits; `--version`
+prints relayd's version.
 """
 
 from __future__ import annotations
@@ -11,15 +12,22 @@ import sys
 
 from twisted.python import usage
 
+import relayd
 from relayd import config as relayd_config
 from relayd.config import ConfigError
+from relayd.config.model import Config
 
 
 class Options(usage.Options):
     synopsis = "--config FILE [--check]"
     longdesc = "relayd hosts the live WebSocket servers of small multiplayer games."
     optParameters = [["config", "c", "etc/relayd.ini", "The relayd INI configuration file."]]
-    optFlags = [["check", None, "Validate the configuration, print the result and exit."]]
+    optFlags = [["check", None, "Validate the configuration, print the effective limits and exit."]]
+
+    def opt_version(self):
+        """Print relayd's version and exit."""
+        sys.stdout.write(f"relayd {relayd.__version__}\n")
+        raise SystemExit(0)
 
     def postOptions(self):
         try:
@@ -27,16 +35,62 @@ class Options(usage.Options):
         except ConfigError as e:
             raise SystemExit(f"relayd: {e}") from None
         if self["check"]:
-            loaded = self.loaded
-            sys.stdout.write(
-                f"relayd: {loaded.path}: OK, listeners {', '.join(loaded.listeners)}; "
-                f"apps {', '.join(f'{n} at {a.path}' for n, a in loaded.apps.items()) or 'none'}\n"
-            )
+            sys.stdout.write(describe(self.loaded))
             raise SystemExit(0)
+
+
+def describe(loaded: Config) -> str:
+    """What --check prints: the config is valid, and what each app gets on each of its listeners."""
+    lines = [
+        f"relayd {relayd.__version__}: {loaded.path}: OK, listeners {', '.join(loaded.listeners)}; "
+        f"apps {', '.join(f'{n} at {a.path}' for n, a in loaded.apps.items()) or 'none'}"
+    ]
+    for name, listener in loaded.listeners.items():
+        proxies = ", ".join(str(n) for n in listener.trusted_proxies) or "none"
+        lines.append(
+            f"listener {name}: {listener.endpoint.description}; max_connections {listener.max_connections}, "
+            f"per address {listener.max_connections_per_address or 'unlimited'}; trusted proxies {proxies}"
+        )
+        for app_name, app in loaded.apps.items():
+            if name not in app.listeners:
+                continue
+            limits = app.limits
+            lines.append(
+                f"  {app_name} at {app.path}: message {_size(limits.max_message_size)}, "
+                f"frame {_size(limits.max_frame_size)}, "
+                f"keepalive {limits.auto_ping_interval:g}/{limits.auto_ping_timeout:g} s, "
+                f"origins {' '.join(limits.allowed_origins)}, send backlog {_size(limits.max_send_backlog)} "
+                f"/ {limits.max_send_backlog_age:g} s"
+            )
+            for role in ("client", *limits.roles):
+                rate = limits.rate(role)
+                lines.append(
+                    f"    {role}: {_per_second(rate.rate_limit, 'messages')} burst {rate.rate_burst}; "
+                    f"{_per_second(rate.byte_rate and _size(rate.byte_rate), 'bytes')} burst {_size(rate.byte_burst)}"
+                )
+    return "".join(f"{line}\n" for line in lines)
+
+
+def _per_second(rate, what: str) -> str:
+    if not rate:
+        return f"unlimited {what}"
+    return f"{rate:g} {what}/s" if isinstance(rate, (int, float)) else f"{rate} {what}/s"
+
+
+def _size(count: int) -> str:
+    for unit, factor in (("G", 1024**3), ("M", 1024**2), ("K", 1024)):
+        if count >= factor and count % factor == 0:
+            return f"{count // factor}{unit}"
+    return f"{count} B"
 
 
 def makeService(options, reactor=None):
     from relayd.service import RelaydService
 
     loaded = options.loaded if hasattr(options, "loaded") else relayd_config.load(options["config"])
-    return RelaydService(loaded, reactor=reactor, handle_signals=reactor is None)
+    service = RelaydService(loaded, reactor=reactor, handle_signals=reactor is None)
+    if reactor is None:
+        # under twistd: bind now, so that a port in use ends start-up with its one line before twistd
+        # writes its pid file (twistd's own privileged start, later, finds the ports bound)
+        service.privilegedStartService()
+    return service

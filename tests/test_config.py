@@ -9,7 +9,8 @@ from relayd.config import ConfigError
 from relayd.config.endpoint import parse_endpoint
 from relayd.config.schema import BadValue
 from relayd.ws.origin import OriginPolicy
-from relayd.ws.ratelimit import TokenBucket
+from relayd.config.model import Rate
+from relayd.ws.ratelimit import Budget
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -22,6 +23,9 @@ endpoint = tcp:8080:interface=127.0.0.1
 listeners = main
 path = /echo
 """
+
+
+LISTENER_ONLY = "[relayd]\nstate_dir = var/x\n[listener:main]\nendpoint = tcp:8080:interface=127.0.0.1\n"
 
 
 class ValidationTests(TestCase):
@@ -88,6 +92,67 @@ class ValidationTests(TestCase):
         with self.assertRaises(ConfigError) as caught:
             config.load("/nonexistent/relayd.ini")
         self.assertEqual(str(caught.exception), "/nonexistent/relayd.ini: cannot read the file: No such file or directory")
+
+    def test_precedence_app_over_limits_over_app_default(self):
+        """[app:NAME] beats [limits], which beats the app's own default, which beats the daemon's."""
+        base = LISTENER_ONLY + "[app:carparty]\nlisteners = main\npath = /carparty\n"
+        shipped = config.loads(base, path="my.ini").apps["carparty"].limits
+        self.assertEqual(shipped.max_message_size, 1024 * 1024)  # the app's documented default
+        daemon_wide = config.loads(base + "[limits]\nmax_message_size = 2M\nbyte_burst = 8M\n", path="my.ini")
+        self.assertEqual(daemon_wide.apps["carparty"].limits.max_message_size, 2 * 1024 * 1024)
+        per_app = config.loads(
+            base + "max_message_size = 512K\n[limits]\nmax_message_size = 2M\nbyte_burst = 8M\n", path="my.ini"
+        )
+        self.assertEqual(per_app.apps["carparty"].limits.max_message_size, 512 * 1024)
+
+    def test_roles_have_their_own_rates(self):
+        """carparty's game server sends under its own rate, which [limits] does not change and its section may."""
+        base = LISTENER_ONLY + "[app:carparty]\nlisteners = main\npath = /carparty\n"
+        limits = config.loads(base + "[limits]\nrate_limit = 7\n", path="my.ini").apps["carparty"].limits
+        self.assertEqual(limits.rate().rate_limit, 7)
+        self.assertEqual(limits.rate("server").rate_limit, 3000)
+        limits = config.loads(base + "server_rate_limit = 50\n", path="my.ini").apps["carparty"].limits
+        self.assertEqual(limits.rate("server").rate_limit, 50)
+        self.assertEqual(limits.rate("server").rate_burst, 6000)
+
+    def test_byte_burst_below_message_size_refused(self):
+        """A byte burst smaller than the largest message would refuse that message forever: a config error."""
+        self.assertConfigError(
+            GOOD + "max_message_size = 1M\nbyte_burst = 64K\n",
+            "my.ini: [app:testee] byte_burst: 65536 is below max_message_size (1048576): the largest message could never be sent",
+        )
+
+    def test_retired_key_names_its_replacement(self):
+        """trust_x_forwarded_for is gone; a config that still sets it is told what replaced it."""
+        self.assertConfigError(
+            GOOD + "[limits]\ntrust_x_forwarded_for = 1\n",
+            "my.ini: [limits] trust_x_forwarded_for: no longer exists: replaced by trusted_proxies in "
+            "[listener:NAME] (addresses and CIDRs of the proxies)",
+        )
+
+    def test_trusted_proxies_parsed(self):
+        """trusted_proxies takes addresses and CIDRs; anything else is refused in one line."""
+        loaded = config.loads(GOOD.replace("[app:testee]", "trusted_proxies = 10.0.0.0/8, ::1\n[app:testee]"), path="my.ini")
+        self.assertEqual([str(n) for n in loaded.listeners["main"].trusted_proxies], ["10.0.0.0/8", "::1/128"])
+        self.assertConfigError(
+            GOOD.replace("[app:testee]", "trusted_proxies = nginx\n[app:testee]"),
+            "my.ini: [listener:main] trusted_proxies: 'nginx' is not an IP address or CIDR network",
+        )
+
+    def test_endpoint_typo_refused_by_twisted_parser(self):
+        """An endpoint keyword Twisted does not know fails the check, naming the keyword."""
+        self.assertConfigError(
+            GOOD.replace("endpoint = tcp:8080:interface=127.0.0.1", "endpoint = tcp:8080:interfce=127.0.0.1"),
+            "my.ini: [listener:main] endpoint: 'tcp:8080:interfce=127.0.0.1:backlog=1024': unknown option 'interfce'",
+        )
+
+    def test_haproxy_endpoint_needs_trusted_proxies(self):
+        """A haproxy: listener believes the PROXY header of its proxies only, so they must be listed."""
+        self.assertConfigError(
+            GOOD.replace("endpoint = tcp:8080:interface=127.0.0.1", "endpoint = haproxy:tcp:8080:interface=127.0.0.1"),
+            "my.ini: [listener:main] trusted_proxies: a haproxy: endpoint believes the PROXY header of the proxies "
+            "listed here: list them",
+        )
 
     def test_app_limit_override(self):
         """An app section may override any limit; others keep the [limits] value."""
@@ -174,13 +239,29 @@ class OriginTests(TestCase):
         self.assertFalse(policy.allows("not a url"))
 
 
-class TokenBucketTests(TestCase):
+class BudgetTests(TestCase):
     def test_burst_then_rate(self):
-        """The bucket allows its burst at once and then refills at its rate."""
-        bucket = TokenBucket(rate=2, burst=3, now=0)
-        self.assertEqual([bucket.take(0) for _ in range(4)], [True, True, True, False])
-        self.assertTrue(bucket.take(0.5))
-        self.assertFalse(bucket.take(0.5))
+        """The message budget allows its burst at once and then refills at its rate."""
+        budget = Budget(Rate(2, 3, 0, 1), now=0)
+        self.assertEqual([budget.take(0, 10) for _ in range(4)], [True, True, True, False])
+        self.assertTrue(budget.take(0.5, 10))
+        self.assertFalse(budget.take(0.5, 10))
+
+    def test_bytes_are_a_budget_of_their_own(self):
+        """A few large messages run out the byte budget long before the message budget."""
+        budget = Budget(Rate(100, 200, 1000, 3000), now=0)
+        self.assertEqual([budget.take(0, 1000) for _ in range(4)], [True, True, True, False])
+        self.assertFalse(budget.take(0.5, 1000))
+        self.assertTrue(budget.take(1.0, 1000))
+
+    def test_a_larger_role_adds_its_difference(self):
+        """A connection that becomes a game server gets the larger burst at once, and keeps what it spent."""
+        budget = Budget(Rate(10, 5, 0, 1), now=0)
+        for _ in range(5):
+            self.assertTrue(budget.take(0, 1))
+        self.assertFalse(budget.take(0, 1))
+        budget.use(Rate(100, 50, 0, 1))
+        self.assertEqual(sum(budget.take(0, 1) for _ in range(60)), 45)
 
 
 class DocumentationTests(TestCase):

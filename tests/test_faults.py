@@ -57,6 +57,7 @@ max_connections_per_address = {per_address}
 
 [limits]
 rate_limit = 0
+byte_rate = 0
 
 [app:testee]
 listeners = main
@@ -108,6 +109,7 @@ endpoint = tcp:0:interface=127.0.0.1
 
 [limits]
 rate_limit = 0
+byte_rate = 0
 
 [app:clicker]
 listeners = main
@@ -179,6 +181,7 @@ endpoint = tcp:{port}:interface=127.0.0.1
 
 [limits]
 rate_limit = 0
+byte_rate = 0
 
 [app:clicker]
 listeners = main

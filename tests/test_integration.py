@@ -27,6 +27,7 @@ endpoint = tcp:0:interface=127.0.0.1
 
 [limits]
 rate_limit = 0
+byte_rate = 0
 
 [app:testee]
 listeners = main

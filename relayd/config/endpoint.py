@@ -1,18 +1,24 @@
 """
 Listener endpoint strings.
 
-A listener is a Twisted server endpoint string (`tcp:`, `ssl:`, `unix:`, `systemd:`). relayd does TLS
-itself (reloadable certificates, TLS 1.2 minimum, ALPN that never picks h2), so an `ssl:` string is
-split into the plain stream endpoint it listens on and the files its TLS layer serves.
+A listener is a Twisted server endpoint string (`tcp:`, `ssl:`, `unix:`, `systemd:`, any of them behind
+`haproxy:` for the PROXY protocol). relayd does TLS itself (reloadable certificates, TLS 1.2 minimum,
+ALPN that never picks h2), so an `ssl:` string is split into the plain stream endpoint it listens on
+and the files its TLS layer serves. The result is parsed by Twisted's own endpoint parser, as start-up
+will, so a misspelt keyword fails the check and not the start.
 """
 
 from __future__ import annotations
 
+import re
+
 import attr
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.testing import MemoryReactor
 
 from relayd.config.schema import BadValue
 
-SUPPORTED = ("tcp", "ssl", "unix", "systemd")
+SUPPORTED = ("tcp", "ssl", "unix", "systemd")  # and haproxy: in front of any of them
 DEFAULT_BACKLOG = 1024
 _TLS_KEYS = {"privateKey": "key", "certKey": "cert", "extraCertChain": "chain"}
 _TLS_IGNORED = ("dhParameters", "sslmethod")
@@ -32,10 +38,7 @@ class Endpoint:
     description: str
     kind: str
     tls: TLSFiles | None = None
-
-    @property
-    def secure(self) -> bool:
-        return self.tls is not None
+    proxy_protocol: bool = False  # haproxy:, every connection starts with a PROXY header
 
 
 def split_description(description: str) -> list[str]:
@@ -71,6 +74,9 @@ def parse_endpoint(description: str, tls_keys: dict[str, str | None] | None = No
     """
     parts = split_description(description.strip())
     kind = parts[0].lower()
+    if kind == "haproxy":
+        inner = parse_endpoint(":".join(parts[1:]), tls_keys)
+        return attr.evolve(inner, description=f"haproxy:{inner.description}", proxy_protocol=True)
     if kind not in SUPPORTED:
         raise BadValue(f"{parts[0]!r} endpoints are not supported (use one of {', '.join(SUPPORTED)})")
     positional = [p for p in parts[1:] if "=" not in p]
@@ -112,7 +118,24 @@ def parse_endpoint(description: str, tls_keys: dict[str, str | None] | None = No
         keywords["backlog"] = str(DEFAULT_BACKLOG)
 
     rebuilt = ":".join([kind_out, *positional, *(f"{k}={v}" for k, v in keywords.items())])
+    if kind != "systemd":  # its sockets are inherited at start: there is nothing to parse them against now
+        _parse_as_twisted_does(rebuilt)
     tls = None
     if tls_keys.get("cert"):
         tls = TLSFiles(key=tls_keys.get("key") or tls_keys["cert"], cert=tls_keys["cert"], chain=tls_keys.get("chain"))
     return Endpoint(description=rebuilt, kind=kind, tls=tls)
+
+
+_UNEXPECTED = re.compile(r"unexpected keyword argument '([^']+)'")
+
+
+def _parse_as_twisted_does(description: str) -> None:
+    try:
+        serverFromString(MemoryReactor(), description)
+    except TypeError as e:
+        unexpected = _UNEXPECTED.search(str(e))
+        if unexpected is None:
+            raise BadValue(f"{description!r}: {e}") from None
+        raise BadValue(f"{description!r}: unknown option {unexpected.group(1)!r}") from None
+    except (ValueError, KeyError, IndexError) as e:
+        raise BadValue(f"{description!r} is not a valid endpoint: {e}") from None

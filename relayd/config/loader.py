@@ -16,14 +16,17 @@ from relayd.config.model import (
     DAEMON_OPTIONS,
     LIMIT_OPTIONS,
     LISTENER_OPTIONS,
+    RATE_KEYS,
+    RETIRED_LIMIT_OPTIONS,
     AppConfig,
     BusConfig,
     Config,
     DaemonConfig,
     Limits,
     ListenerConfig,
+    Rate,
 )
-from relayd.config.schema import BadValue, ConfigError, parse_section, url_path
+from relayd.config.schema import BadValue, ConfigError, Option, parse_section, url_path
 from relayd.config.tlscheck import check_tls_files
 
 RESERVED_PATHS = ("/healthz", "/readyz", "/metrics")
@@ -83,8 +86,11 @@ def from_parser(path: str, parser: configparser.ConfigParser) -> Config:
             )
 
     daemon = DaemonConfig(**parse_section(path, "relayd", daemon_values, DAEMON_OPTIONS))
+    _refuse_retired(path, "limits", limit_values)
     limits_dict = parse_section(path, "limits", limit_values, LIMIT_OPTIONS)
     limits = Limits(**limits_dict)
+    _check_rate(path, "limits", "", limits.rate(), limits.max_message_size)
+    _check_origins(path, "limits", limits.allowed_origins)
     bus = _bus_config(path, parse_section(path, "bus", bus_values, BUS_OPTIONS))
 
     listeners: dict[str, ListenerConfig] = {}
@@ -102,6 +108,11 @@ def from_parser(path: str, parser: configparser.ConfigParser) -> Config:
                 check_tls_files(endpoint.tls)
             except BadValue as e:
                 raise ConfigError(path, section, key, str(e)) from None
+        if endpoint.proxy_protocol and not opts["trusted_proxies"]:
+            raise ConfigError(
+                path, section, "trusted_proxies",
+                "a haproxy: endpoint believes the PROXY header of the proxies listed here: list them",
+            )
         listeners[name] = ListenerConfig(
             name=name,
             endpoint=endpoint,
@@ -109,6 +120,7 @@ def from_parser(path: str, parser: configparser.ConfigParser) -> Config:
             metrics=opts["metrics"],
             max_connections=opts["max_connections"],
             max_connections_per_address=opts["max_connections_per_address"],
+            trusted_proxies=opts["trusted_proxies"],
         )
 
     apps: dict[str, AppConfig] = {}
@@ -125,17 +137,15 @@ def from_parser(path: str, parser: configparser.ConfigParser) -> Config:
                 "does not share its state across nodes yet, so it cannot run with [bus] backend = redis "
                 "(docs/scaling.md); run it on a node of its own with backend = memory",
             )
-        # an app's own default (carparty's larger frames) yields to a value the operator set in [limits]
-        app_limit_defaults = {
-            key: limits_dict[key] if key in limit_values else spec.limit_defaults.get(key, limits_dict[key])
-            for key in LIMIT_OPTIONS
-        }
+        _refuse_retired(path, section, values)
+        app_limit_defaults = effective_limit_defaults(spec, limits_dict, limit_values)
         app_limit_options = {
             key: attr.evolve(option, default=app_limit_defaults[key]) for key, option in LIMIT_OPTIONS.items()
         }
-        clash = set(spec.options) & (set(APP_COMMON_OPTIONS) | set(LIMIT_OPTIONS))
+        role_options = _role_options(spec)
+        clash = set(spec.options) & (set(APP_COMMON_OPTIONS) | set(LIMIT_OPTIONS) | set(role_options))
         assert not clash, f"app {name} redefines {clash}"
-        schema = {**APP_COMMON_OPTIONS, **app_limit_options, **spec.options}
+        schema = {**APP_COMMON_OPTIONS, **app_limit_options, **role_options, **spec.options}
         opts = parse_section(path, section, values, schema)
         try:
             mount = url_path(opts["path"])
@@ -155,7 +165,14 @@ def from_parser(path: str, parser: configparser.ConfigParser) -> Config:
             if mount in RESERVED_PATHS and (listeners[listener].health or listeners[listener].metrics):
                 raise ConfigError(path, section, "path", f"{mount} is served by the daemon itself on {listener}")
             mounts[(listener, mount)] = name
-        app_limits = Limits(**{key: opts.pop(key) for key in LIMIT_OPTIONS})
+        roles = {
+            role: Rate(**{key: opts.pop(f"{role}_{key}") for key in RATE_KEYS}) for role in spec.roles
+        }
+        app_limits = Limits(**{key: opts.pop(key) for key in LIMIT_OPTIONS}, roles=roles)
+        _check_origins(path, section, app_limits.allowed_origins)
+        for role in ("client", *roles):
+            _check_rate(path, section, "" if role == "client" else f"{role}_", app_limits.rate(role),
+                        app_limits.max_message_size)
         app_options: dict[str, Any] = {key: opts[key] for key in spec.options}
         try:
             spec.validate(app_options)
@@ -174,6 +191,50 @@ def from_parser(path: str, parser: configparser.ConfigParser) -> Config:
         raise ConfigError(path, None, None, "no [listener:NAME] section: relayd would listen nowhere")
     return Config(path=path, daemon=daemon, limits=limits, listeners=listeners, apps=apps, bus=bus)
 
+
+
+def effective_limit_defaults(spec, limits_dict: dict[str, Any], limit_values: dict[str, str]) -> dict[str, Any]:
+    """
+    What an app gets for each [limits] key it does not set itself. The more specific value wins:
+    [app:NAME] over [limits] over the app's documented default over the daemon's default.
+    """
+    return {
+        key: limits_dict[key] if key in limit_values else spec.limit_defaults.get(key, limits_dict[key])
+        for key in LIMIT_OPTIONS
+    }
+
+
+def _role_options(spec) -> dict[str, Option]:
+    """<role>_rate_limit, <role>_rate_burst, <role>_byte_rate, <role>_byte_burst for each of the app's roles."""
+    options: dict[str, Option] = {}
+    for role, defaults in spec.roles.items():
+        for key in RATE_KEYS:
+            base = LIMIT_OPTIONS[key]
+            options[f"{role}_{key}"] = attr.evolve(base, default=defaults[key], doc=f"{base.doc} (the {role})")
+    return options
+
+
+def _refuse_retired(path: str, section: str, values: dict[str, str]) -> None:
+    for key, replacement in RETIRED_LIMIT_OPTIONS.items():
+        if key in values:
+            raise ConfigError(path, section, key, f"no longer exists: {replacement}")
+
+
+def _check_origins(path: str, section: str, entries: tuple[str, ...]) -> None:
+    from relayd.ws.origin import OriginPolicy
+
+    try:
+        OriginPolicy(entries)
+    except ValueError as e:
+        raise ConfigError(path, section, "allowed_origins", str(e)) from None
+
+
+def _check_rate(path: str, section: str, prefix: str, rate: Rate, max_message_size: int) -> None:
+    if rate.byte_rate and rate.byte_burst < max_message_size:
+        raise ConfigError(
+            path, section, f"{prefix}byte_burst",
+            f"{rate.byte_burst} is below max_message_size ({max_message_size}): the largest message could never be sent",
+        )
 
 
 def _bus_config(path: str, opts: dict) -> BusConfig:

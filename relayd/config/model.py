@@ -12,6 +12,7 @@ from relayd.config.schema import (
     boolean,
     choice,
     integer,
+    networks,
     nonempty,
     number,
     size,
@@ -35,10 +36,11 @@ LIMIT_OPTIONS: dict[str, Option] = {
     "max_request_size": Option(size(1024, 1024 * 1024), 16 * 1024, "Largest HTTP request head (request line plus headers)."),
     "auto_ping_interval": Option(number(0, 3600), 20.0, "A connection silent this many seconds is pinged (one timer for all); 0 turns keepalive off."),
     "auto_ping_timeout": Option(number(0, 3600), 10.0, "Seconds a pinged connection has to answer (anything) before it is dropped."),
-    "allowed_origins": Option(words, ("*",), "Origins allowed to open WebSockets: *, or scheme://host[:port] (wildcards allowed in the host)."),
-    "trust_x_forwarded_for": Option(integer(0, 16), 0, "Proxies in front of relayd whose X-Forwarded-For is believed; 0 believes none."),
+    "allowed_origins": Option(words, ("*",), "Origins allowed to open WebSockets: * (any Origin at all), scheme://host[:port] (wildcards allowed in the host), or a literal value such as null."),
     "rate_limit": Option(number(0), 100.0, "Messages per second one connection may send on average; 0 turns it off."),
     "rate_burst": Option(integer(1), 200, "Messages one connection may send at once above the average."),
+    "byte_rate": Option(size(0), 1024 * 1024, "Bytes per second one connection may send on average; 0 turns it off."),
+    "byte_burst": Option(size(1), 4 * 1024 * 1024, "Bytes one connection may send at once above the average; at least max_message_size."),
     "max_send_backlog": Option(size(1024), 1024 * 1024, "Bytes queued for a client that does not read before it is disconnected."),
     "max_send_backlog_age": Option(number(0.1, 3600), 30.0, "Seconds a client may block its send queue before it is disconnected."),
 }
@@ -52,7 +54,16 @@ LISTENER_OPTIONS: dict[str, Option] = {
     "metrics": Option(boolean, True, "Serve Prometheus /metrics on this listener."),
     "max_connections": Option(integer(1), 10000, "Open connections this listener accepts at once."),
     "max_connections_per_address": Option(integer(0), 256, "Open connections from one client address; 0 for no limit."),
+    "trusted_proxies": Option(networks, (), "Addresses and CIDRs of reverse proxies whose X-Forwarded-For and PROXY protocol header are believed."),
 }
+
+# a [limits] key that no longer exists, and what replaced it: named in the error instead of "unknown key"
+RETIRED_LIMIT_OPTIONS = {
+    "trust_x_forwarded_for": "replaced by trusted_proxies in [listener:NAME] (addresses and CIDRs of the proxies)",
+}
+
+# the keys of one rate: what a role's keys are called in an [app:NAME] section, <role>_<key>
+RATE_KEYS = ("rate_limit", "rate_burst", "byte_rate", "byte_burst")
 
 BUS_OPTIONS: dict[str, Option] = {
     "backend": Option(choice("memory", "redis"), "memory", "Where fan-out happens: memory (one process) or redis (many nodes)."),
@@ -89,17 +100,37 @@ class Limits:
     auto_ping_interval: float
     auto_ping_timeout: float
     allowed_origins: tuple[str, ...]
-    trust_x_forwarded_for: int
     rate_limit: float
     rate_burst: int
+    byte_rate: int
+    byte_burst: int
     max_send_backlog: int
     max_send_backlog_age: float
+    # the app's roles other than an ordinary client (a carparty game server, a groovejet host)
+    roles: Mapping[str, "Rate"] = attr.Factory(dict)
 
     @classmethod
     def defaults(cls, **overrides: Any) -> "Limits":
         values = {name: option.default for name, option in LIMIT_OPTIONS.items()}
         values.update(overrides)
         return cls(**values)
+
+    def rate(self, role: str = "client") -> "Rate":
+        """What a connection in this role may send; an unknown role is an ordinary client."""
+        found = self.roles.get(role)
+        if found is not None:
+            return found
+        return Rate(self.rate_limit, self.rate_burst, self.byte_rate, self.byte_burst)
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class Rate:
+    """Messages and bytes per second on average, with a burst of each above it; 0 turns a rate off."""
+
+    rate_limit: float
+    rate_burst: int
+    byte_rate: int
+    byte_burst: int
 
 
 @attr.s(frozen=True, auto_attribs=True)
@@ -110,6 +141,7 @@ class ListenerConfig:
     metrics: bool = True
     max_connections: int = 10000
     max_connections_per_address: int = 256
+    trusted_proxies: tuple = ()  # ipaddress networks
 
 
 @attr.s(frozen=True, auto_attribs=True)

@@ -7,6 +7,7 @@ documentation in docs/configuration.md is kept beside them by hand.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Any, Callable, Mapping
 
@@ -138,6 +139,17 @@ def choice(*choices: str) -> Callable[[str], str]:
 def words(value: str) -> tuple[str, ...]:
     """A list separated by commas and/or white space."""
     return tuple(part for part in re.split(r"[\s,]+", value.strip()) if part)
+
+
+def networks(value: str) -> tuple:
+    """Addresses and CIDRs (`127.0.0.1`, `10.0.0.0/8`, `::1`), separated by commas and/or white space."""
+    found = []
+    for part in words(value):
+        try:
+            found.append(ipaddress.ip_network(part, strict=False))
+        except ValueError:
+            raise BadValue(f"{part!r} is not an IP address or CIDR network") from None
+    return tuple(found)
 
 
 def url_path(value: str) -> str:

@@ -30,7 +30,7 @@ from zope.interface import implementer
 from relayd.errors import ProtocolError
 from relayd.ws import closecodes
 from relayd.ws.frames import Frame
-from relayd.ws.ratelimit import TokenBucket
+from relayd.ws.ratelimit import Budget
 from relayd.ws._writes import BATCH, write_now
 from relayd.ws.keepalive import PING
 
@@ -45,8 +45,11 @@ class RelaydProtocol(WebSocketServerProtocol):
     accepts_binary = False
 
     slot = None  # the listener's connection slot, handed over from the HTTP channel
+    client_address = None  # the client's address, behind a trusted proxy the one it names (relayd.web.proxy)
     websocket_open = False
     request = None
+    sends_as = "client"  # the role whose rate limits apply (AppSpec.roles)
+    ignored = 0  # messages that arrived after relayd decided to close this connection
     heard = True  # anything read since keepalive last looked
     keepalive_slot = None
 
@@ -68,7 +71,7 @@ class RelaydProtocol(WebSocketServerProtocol):
         super().connectionMade()
         factory = self.factory
         self._clock = factory.reactor
-        self._bucket = TokenBucket(factory.limits.rate_limit, factory.limits.rate_burst, self._clock.seconds())
+        self._budget = Budget(factory.limits.rate(), self._clock.seconds())
         self._queue: deque[Frame] = deque()
         self._queued_bytes = 0
         self._blocked = False
@@ -80,14 +83,8 @@ class RelaydProtocol(WebSocketServerProtocol):
         self.transport.registerProducer(self, True)
 
     def onConnect(self, request):
+        # the Origin policy ran on the HTTP request already (relayd.web.resources.AppMount)
         try:
-            origin = request.headers.get("origin")
-            if not self.factory.origins.allows(origin):
-                self.factory.metrics.parent.rejected.labels(self.factory.listener_name, "origin").inc()
-                self._log.info(
-                    "{app}: origin {origin} refused for {peer}", app=self.factory.app_name, origin=origin, peer=self.peer
-                )
-                raise ConnectionDeny(403, "origin not allowed")
             self.request = request
             return self.connecting(request)
         except ConnectionDeny:
@@ -118,11 +115,20 @@ class RelaydProtocol(WebSocketServerProtocol):
 
     def onMessage(self, payload, isBinary):
         metrics = self.factory.metrics
+        if self.state != _OPEN:
+            # relayd is closing this connection (rate, a protocol error, a drain): Autobahn still reads
+            # frames until the peer's close frame, but nothing more from it is relayed or acted on
+            self.ignored += 1
+            metrics.dropped("after_close")
+            return
         metrics.messages_in += 1
         metrics.bytes_in += len(payload)
-        if not self._bucket.take(self._clock.seconds()):
+        if not self._budget.take(self._clock.seconds(), len(payload)) and not self._promoted(len(payload)):
             metrics.protocol_error("rate_limited")
-            self._log.info("{app}: {peer} exceeded the rate limit", app=self.factory.app_name, peer=self.peer)
+            self._log.info(
+                "{app}: {peer} ({role}) exceeded the rate limit; closing it",
+                app=self.factory.app_name, peer=self.peer, role=self.sends_as,
+            )
             self.close(closecodes.RATE_LIMITED, "rate limit exceeded")
             return
         try:
@@ -154,6 +160,11 @@ class RelaydProtocol(WebSocketServerProtocol):
         if not self.websocket_open:
             return
         self.websocket_open = False
+        if self.ignored:
+            self._log.info(
+                "{app}: {peer} sent {count} messages after relayd decided to close it; none was acted on",
+                app=self.factory.app_name, peer=self.peer, count=self.ignored,
+            )
         metrics.connections_open.dec()
         sent = self.localCloseCode if self.closedByMe else None
         metrics.closed(sent if sent is not None else (code if code is not None else 1006))
@@ -162,7 +173,25 @@ class RelaydProtocol(WebSocketServerProtocol):
         except Exception:
             self._log.failure("{app}: cleaning up a connection failed", app=self.factory.app_name)
 
+    def use_role(self, role: str) -> None:
+        """This connection now sends as `role` (a game server, a host): its rate limits follow."""
+        self.sends_as = role
+        self._budget.use(self.factory.limits.rate(role))
+
+    def _promoted(self, size: int) -> bool:
+        # asked only when the budget runs out, so a role that changed (a guest promoted to host) costs
+        # nothing per message and is still honoured before anything is refused
+        role = self.rate_role()
+        if role == self.sends_as:
+            return False
+        self.use_role(role)
+        return self._budget.take(self._clock.seconds(), size)
+
     # ---- hooks for adapters ------------------------------------------------------------------
+
+    def rate_role(self) -> str:
+        """The role whose rate limits this connection sends under now (see AppSpec.roles)."""
+        return self.sends_as
 
     def connecting(self, request):
         """Inspect the upgrade request; raise ProtocolError or ConnectionDeny to refuse it."""

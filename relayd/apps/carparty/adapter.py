@@ -74,6 +74,7 @@ class CarPartyProtocol(RelaydProtocol):
         message = parse_login(payload)
         code = message["server_code"]
         if message["action"] == "login_server":
+            self.use_role("server")  # it streams to every phone and bursts a track at the start of a race
             d = core.login_server(code, self.send, self._kicked)
         else:
             d = core.login_client(code, message["client_id"], self.send, self._kicked)

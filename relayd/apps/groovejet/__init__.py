@@ -24,4 +24,7 @@ SPEC = AppSpec(
     clustered=True,
     # the original pinged every 10 s; snapshots need room above the 64 KiB default
     limit_defaults={"auto_ping_interval": 10.0, "max_message_size": 512 * 1024, "max_frame_size": 512 * 1024},
+    # the host answers every guest's offer and trickles ICE candidates to each, and stores snapshots
+    roles={"host": {"rate_limit": 1000.0, "rate_burst": 2000, "byte_rate": 8 * 1024 * 1024,
+                    "byte_burst": 16 * 1024 * 1024}},
 )

@@ -310,6 +310,10 @@ class GroovejetProtocol(Session, RelaydProtocol):
             self.hold()
             router.route_opening(self)
 
+    def rate_role(self) -> str:
+        seat = self.seat
+        return "host" if seat is not None and seat.is_host else "client"
+
     def received(self, payload: bytes, is_binary: bool) -> None:
         if self.pipe is not None:
             self.pipe.forward(payload)
