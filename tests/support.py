@@ -80,6 +80,24 @@ class Client(WebSocketClientProtocol):
         return taken
 
 
+class _Preface(Protocol):
+    """Writes some bytes before the wrapped client protocol starts (a proxy's PROXY header)."""
+
+    def __init__(self, inner, preface: bytes):
+        self.inner = inner
+        self.preface = preface
+
+    def makeConnection(self, transport):
+        transport.write(self.preface)
+        self.inner.makeConnection(transport)
+
+    def dataReceived(self, data):
+        self.inner.dataReceived(data)
+
+    def connectionLost(self, reason):
+        self.inner.connectionLost(reason)
+
+
 class RawClient(Protocol):
     """Bytes in, bytes out: for HTTP requests and hostile input."""
 
@@ -143,9 +161,12 @@ class Harness:
         return self.service.apps[name]
 
     def _connect(self, client_protocol, listener="main", host="127.0.0.1"):
-        site = self.service.listeners[listener].site
+        # what the listener's endpoint is given (the PROXY header reader, when proxies are trusted),
+        # except TLS, which these in-memory clients do not speak
+        listening = self.service.listeners[listener]
+        factory = listening.site if listening.tls is not None else listening.factory
         self._port += 1
-        server = site.buildProtocol(IPv4Address("TCP", host, self._port))
+        server = factory.buildProtocol(IPv4Address("TCP", host, self._port))
         if server is None:
             return None
         server_transport = iosim.FakeTransport(server, isServer=True, peerAddress=IPv4Address("TCP", host, self._port))
@@ -155,7 +176,8 @@ class Harness:
         self.flush()
         return pump
 
-    def ws(self, path="/", query=None, headers=None, listener="main", origin=None, host="127.0.0.1"):
+    def ws(self, path="/", query=None, headers=None, listener="main", origin=None, host="127.0.0.1",
+           preface: bytes = b""):
         url = f"ws://127.0.0.1:8080{path}"
         if query:
             url += "?" + (query if isinstance(query, str) else urlencode(query))
@@ -164,7 +186,10 @@ class Harness:
         factory.setProtocolOptions(autoPingInterval=0, openHandshakeTimeout=0, closeHandshakeTimeout=0)
         factory.protocol = Client
         client = factory.buildProtocol(None)
+        if preface:  # bytes before the handshake: a PROXY protocol header
+            client = _Preface(client, preface)
         pump = self._connect(client, listener=listener, host=host)
+        client = getattr(client, "inner", client)
         client.pump = pump
         return client
 

@@ -211,19 +211,3 @@ class SlowConsumerTests(TestCase):
         server.resumeProducing()
         h.flush()
         self.assertEqual(c.messages, ["0", "1", "2", "3", "4"])
-
-
-class ForwardedForTests(TestCase):
-    def _peer(self, limits: str) -> str:
-        h = harness(limits=limits)
-        c = h.ws("/echo", headers={"X-Forwarded-For": "203.0.113.9"})
-        self.assertTrue(c.opened)
-        return h.service.listeners["main"].tracker.websockets()[0].peer
-
-    def test_forwarded_for_ignored_by_default(self):
-        """X-Forwarded-For is not believed unless trust_x_forwarded_for says how many proxies to trust."""
-        self.assertNotIn("203.0.113.9", self._peer(""))
-
-    def test_forwarded_for_believed_when_configured(self):
-        """With one trusted proxy the client address comes from X-Forwarded-For."""
-        self.assertIn("203.0.113.9", self._peer("trust_x_forwarded_for = 1\n"))

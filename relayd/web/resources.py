@@ -5,10 +5,16 @@ from __future__ import annotations
 from typing import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from twisted.web.error import UnsupportedMethod
 from twisted.web.resource import Resource, getChildForRequest
 
+from twisted.logger import Logger
+
 from relayd.web.demo import demo_script
+from relayd.web.proxy import request_client
 from relayd.web.upgrade import hand_over, is_upgrade
+
+_log = Logger()
 
 
 class Router(Resource):
@@ -48,16 +54,20 @@ class AppMount(Resource):
     isLeaf = True
 
     def __init__(self, factory, http: Resource | None, accepts_path: Callable[[list[bytes]], bool], daemon,
-                 demo: bytes | None = None):
+                 demo: bytes | None = None, section: str = ""):
         super().__init__()
         self.factory = factory
         self.http = http
         self.accepts_path = accepts_path
         self.daemon = daemon
         self.demo = demo
+        self.section = section
 
     def render(self, request):
-        if self.demo is not None and request.postpath[:1] == [b"demo"] and not is_upgrade(request):
+        if request.postpath[:1] == [b"demo"] and not is_upgrade(request):
+            if self.demo is None:
+                return _plain(request, 404, f"the demo page is off: set demo = yes in [{self.section}] "
+                                            f"and restart relayd\n".encode("utf-8"))
             request.setHeader(b"cache-control", b"no-store")
             if request.postpath[1:] in ([], [b""]):
                 request.setHeader(b"content-type", b"text/html; charset=utf-8")
@@ -72,9 +82,12 @@ class AppMount(Resource):
                 request.setHeader(b"retry-after", b"5")
                 request.setHeader(b"content-type", b"text/plain; charset=utf-8")
                 return b"shutting down\n"
-            return hand_over(request, self.factory)
+            return self._upgrade(request)
         if self.http is not None:
             resource = getChildForRequest(self.http, request)
+            if request.method == b"HEAD" and not hasattr(resource, "render_GET") and not hasattr(resource, "render_HEAD"):
+                # twisted.web answers HEAD with render_GET, and a resource that has none with a 500
+                raise UnsupportedMethod(_allowed_methods(resource))
             return resource.render(request)
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         if websocket_path:
@@ -83,6 +96,43 @@ class AppMount(Resource):
             return b"this is a WebSocket endpoint\n"
         request.setResponseCode(404)
         return b"not found\n"
+
+
+    def _upgrade(self, request):
+        """
+        The checks every upgrade passes before Autobahn sees it: the app's Origin policy, which alone
+        decides (Autobahn would refuse `null` and any Origin that is not a URL, such as Espruino's),
+        and the per-address cap on the client's address when a trusted proxy carries the connection.
+        """
+        factory = self.factory
+        site = request.channel.site
+        client = request_client(request, site.trusted_proxies)
+        origins = request.requestHeaders.getRawHeaders(b"origin", [])
+        origin = origins[0].decode("latin-1").strip() if origins else None
+        if len(origins) > 1 or not factory.origins.allows(origin):
+            site.reject("origin")
+            _log.info("{app}: origin {origin} refused for {client}", app=factory.app_name, origin=origin, client=client)
+            return _plain(request, 403, b"origin not allowed\n")
+        slot = getattr(request.channel, "slot", None)
+        reason = slot.bind(client) if slot is not None else ""
+        if reason:
+            site.reject(reason)
+            _log.info("{app}: refused a connection from {client}: {reason}", app=factory.app_name, client=client,
+                      reason=reason)
+            return _plain(request, 429, b"too many connections from your address\n")
+        return hand_over(request, factory, client)
+
+
+def _allowed_methods(resource) -> list[bytes]:
+    return sorted(name[len("render_"):].encode("ascii") for name in dir(resource)
+                  if name.startswith("render_") and name[len("render_"):].isupper())
+
+
+def _plain(request, code: int, body: bytes) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+    request.setHeader(b"connection", b"close")
+    return body
 
 
 class Health(Resource):

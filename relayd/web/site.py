@@ -4,7 +4,8 @@ The twisted.web Site of one listener, hardened for the open internet.
 - The request head (request line and headers) is capped at max_request_size and must arrive within
   open_handshake_timeout of the connection (or of the previous response): a client that trickles a
   never-ending head is cut off by time and by size, and its buffered bytes stay bounded.
-- Connections are counted per listener and per client address (relayd.web.tracker).
+- Connections are counted per listener and per client address (relayd.web.tracker); behind a
+  trusted proxy, per the address the proxy names (relayd.web.proxy).
 - ALPN only ever selects http/1.1: WebSocket over HTTP/2 is not served, and browsers that offer
   `h2,http/1.1` complete the TLS handshake on http/1.1.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 from twisted.logger import Logger
 from twisted.web import http, server
 
+from relayd.web.proxy import is_trusted, normal_address
 from relayd.web.tracker import ConnectionTracker
 
 _log = Logger()
@@ -95,17 +97,26 @@ class RelaydSite(server.Site):
     protocol = RelaydChannel
     displayTracebacks = False
 
-    def __init__(self, resource, *, reactor, tracker: ConnectionTracker, limits, metrics, listener_name: str):
+    def __init__(self, resource, *, reactor, tracker: ConnectionTracker, limits, metrics, listener_name: str,
+                 trusted_proxies: tuple = (), proxies_only: bool = False):
         super().__init__(resource, reactor=reactor, timeout=HTTP_IDLE_TIMEOUT)
         self.tracker = tracker
+        self.trusted_proxies = trusted_proxies
+        self.proxies_only = proxies_only  # a haproxy: listener: only its proxies may connect
         self.limits = limits
         self.metrics = metrics
         self.listener_name = listener_name
         self.noisy = False
 
     def buildProtocol(self, addr):
-        address = getattr(addr, "host", None) or "local"
-        slot, reason = self.tracker.acquire(address)
+        address = normal_address(getattr(addr, "host", None) or "local")
+        if is_trusted(address, self.trusted_proxies):
+            # a proxy's connections count against the address of the client each one carries
+            slot, reason = self.tracker.acquire(None)
+        elif self.proxies_only:
+            slot, reason = None, "not_a_trusted_proxy"
+        else:
+            slot, reason = self.tracker.acquire(address)
         if slot is None:
             self.reject(reason)
             _log.warn(

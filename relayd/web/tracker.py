@@ -4,6 +4,10 @@ connections a drain closes.
 
 Each accepted connection holds a Slot from accept to close. The HTTP channel holds it first; when the
 request upgrades, the slot moves to the WebSocket protocol that takes over the transport.
+
+A connection from a trusted proxy is accepted without an address (the proxy's own address is
+counted by max_connections only); it is bound to its client's address when it upgrades, and the
+per-address cap applies to that address from then on.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from twisted.internet import defer
 class Slot:
     __slots__ = ("tracker", "address", "websocket", "channel", "released")
 
-    def __init__(self, tracker: "ConnectionTracker", address: str):
+    def __init__(self, tracker: "ConnectionTracker", address: str | None):
         self.tracker = tracker
         self.address = address
         self.websocket = None
@@ -28,6 +32,17 @@ class Slot:
             self.released = True
             self.tracker._release(self)
 
+    def bind(self, address: str) -> str:
+        """Count this connection against its client's address from now on; the reason it may not, or ''."""
+        if self.address is not None or self.released:
+            return ""
+        tracker = self.tracker
+        if tracker.max_per_address and tracker._per_address[address] >= tracker.max_per_address:
+            return "max_connections_per_address"
+        self.address = address
+        tracker._per_address[address] += 1
+        return ""
+
 
 class ConnectionTracker:
     def __init__(self, max_connections: int, max_per_address: int):
@@ -37,22 +52,25 @@ class ConnectionTracker:
         self._per_address: Counter[str] = Counter()
         self._empty_waiters: list[defer.Deferred] = []
 
-    def acquire(self, address: str) -> tuple[Slot | None, str]:
-        """A slot, or None and the reason the connection is refused."""
+    def acquire(self, address: str | None) -> tuple[Slot | None, str]:
+        """A slot, or None and the reason the connection is refused; address None: not counted per address yet."""
         if len(self.slots) >= self.max_connections:
             return None, "max_connections"
-        if self.max_per_address and self._per_address[address] >= self.max_per_address:
-            return None, "max_connections_per_address"
-        slot = Slot(self, address)
+        slot = Slot(self, None)
+        if address is not None:
+            reason = slot.bind(address)
+            if reason:
+                return None, reason
         self.slots.add(slot)
-        self._per_address[address] += 1
         return slot, ""
 
     def _release(self, slot: Slot) -> None:
         self.slots.discard(slot)
-        self._per_address[slot.address] -= 1
-        if self._per_address[slot.address] <= 0:
-            del self._per_address[slot.address]
+        address = slot.address
+        if address is not None:
+            self._per_address[address] -= 1
+            if self._per_address[address] <= 0:
+                del self._per_address[address]
         if not self.slots:
             waiters, self._empty_waiters = self._empty_waiters, []
             for d in waiters:

@@ -18,7 +18,11 @@ def is_upgrade(request) -> bool:
     return b"websocket" in upgrade.lower()
 
 
-def hand_over(request, factory):
+# the WebSocket protocol never sees these: relayd's own checks ran on them already
+_CHECKED_HEADERS = (b"origin", b"x-forwarded-for")
+
+
+def hand_over(request, factory, client: str):
     channel = request.channel
     transport = channel.transport
     if transport is None:  # HTTP/2 stream: no transport to take
@@ -43,13 +47,17 @@ def hand_over(request, factory):
     else:
         transport.protocol = protocol
     protocol.makeConnection(transport)
+    protocol.client_address = client
+    if client != getattr(transport.getPeer(), "host", None):
+        protocol.peer = f"{client} (via {protocol.peer})"
     producer = IPushProducer(transport, None)
     if producer is not None:
         producer.resumeProducing()
 
     head = [request.method + b" " + request.uri + b" HTTP/1.1\r\n"]
     for name, values in request.requestHeaders.getAllRawHeaders():
-        head.append(name + b": " + b",".join(values) + b"\r\n")
+        if name.lower() not in _CHECKED_HEADERS:
+            head.append(name + b": " + b",".join(values) + b"\r\n")
     head.append(b"\r\n")
     protocol.dataReceived(b"".join(head) + request.content.read() + pipelined)
     return NOT_DONE_YET

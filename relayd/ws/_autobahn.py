@@ -1,7 +1,7 @@
 """
-Every place relayd relies on Autobahn or txaio internals, in one module.
+Every place relayd relies on Autobahn, txaio or Twisted internals, in one module.
 
-tests/test_autobahn_internals.py checks each of these against the installed versions, so an upgrade
+tests/test_internals.py checks each of these against the installed versions, so an upgrade
 that changes them fails loudly there instead of subtly in production.
 """
 
@@ -72,3 +72,18 @@ def protocol_with_options(protocol: type, factory) -> type:
     options = {name: staticmethod(value) if callable(value) else value
                for name in protocol.CONFIG_ATTRS for value in (getattr(factory, name),)}
     return type(protocol.__name__, (protocol,), {"__module__": protocol.__module__, "__qualname__": protocol.__qualname__, **options})
+
+
+# ---- Twisted's PROXY protocol wrapper -----------------------------------------------------------
+# twisted.protocols.haproxy exports only proxyEndpoint, which requires the header on every connection
+# and wraps a refused connection (buildProtocol returning None) in a wrapper around nothing. relayd
+# believes the header only from its trusted proxies and lets them also connect without one, so it uses
+# the wrapper and its parsers' signatures directly.
+from twisted.protocols.haproxy._v1parser import V1Parser as _V1Parser  # noqa: E402
+from twisted.protocols.haproxy._v2parser import V2Parser as _V2Parser  # noqa: E402
+from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper  # noqa: E402
+
+PROXY_V1_SIGNATURE = _V1Parser.PROXYSTR + b" "
+PROXY_V2_SIGNATURE = _V2Parser.PREFIX
+# HAProxyProtocolWrapper decides on its first read and needs this many bytes to tell v2 from v1
+PROXY_HEADER_PROBE = 16

@@ -40,7 +40,6 @@ class RelaydFactory(WebSocketServerFactory):
             openHandshakeTimeout=limits.open_handshake_timeout,
             closeHandshakeTimeout=limits.close_handshake_timeout,
             autoPingInterval=0,  # relayd.ws.keepalive: one timer for all connections
-            trustXForwardedFor=limits.trust_x_forwarded_for,
             # send the close frame (1002, 1007, 1009) before dropping, so clients learn why
             failByDrop=False,
             webStatus=False,

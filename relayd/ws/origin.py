@@ -1,10 +1,13 @@
 """
 The Origin allow-list.
 
-Entries are `*`, or `scheme://host[:port]` where host may start with `*.` and port may be `*`.
+Entries are `*`, or `scheme://host[:port]` where host may start with `*.` and port may be `*`, or
+any other value taken literally (`null`, or `Espruino`, which that firmware's `ws` module sends).
 An entry without a port means the scheme's default port, so `https://game.example` accepts the
 browser origin `https://game.example` (which carries no port) and `https://game.example:443`.
-Requests without an Origin header are not from a browser page and are not subject to the list.
+With `*` every Origin is accepted, whatever it is. An Origin that is not a URL matches only an
+entry that is literally the same. Requests without an Origin header are not from a browser page and
+are not subject to the list. This policy alone decides: Autobahn never sees the header.
 """
 
 from __future__ import annotations
@@ -52,10 +55,13 @@ def _split(origin: str) -> tuple[str, str, int] | None:
 class OriginPolicy:
     def __init__(self, entries: tuple[str, ...] | list[str]):
         self.any = "*" in entries
-        self.allow_null = "null" in entries
+        self._literal: set[str] = set()
         self._patterns: list[_Pattern] = []
         for entry in entries:
-            if entry in ("*", "null"):
+            if entry == "*":
+                continue
+            if "://" not in entry:
+                self._literal.add(entry)
                 continue
             any_port = entry.endswith(":*")
             split = _split(entry[:-2] if any_port else entry.replace("://*.", "://wildcard."))
@@ -69,9 +75,10 @@ class OriginPolicy:
     def allows(self, origin: str | None) -> bool:
         if origin is None or self.any:
             return True
-        if origin.strip() == "null":
-            return self.allow_null
-        split = _split(origin)
+        origin = origin.strip()
+        if origin in self._literal:
+            return True
+        split = _split(origin) if "://" in origin else None
         if split is None:
             return False
         return any(p.matches(*split) for p in self._patterns)
