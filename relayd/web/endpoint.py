@@ -5,9 +5,12 @@ from __future__ import annotations
 import hmac
 from typing import Any
 
+from twisted.logger import Logger
 from twisted.web.resource import Resource
 
 from relayd import jsonutil
+
+_log = Logger()
 
 
 class JSONEndpoint(Resource):
@@ -33,6 +36,14 @@ class JSONEndpoint(Resource):
         request.setHeader(b"www-authenticate", b'Bearer realm="relayd"')
         self.app.metrics.protocol_error(kind)
         return False
+
+    def over_quota(self, request, quota, client: str, what: str) -> bytes:
+        """429 with Retry-After for a client address past one of the app's quotas; counted and logged."""
+        retry = max(1, int(quota.retry_after(client) + 0.999))
+        request.setHeader(b"retry-after", str(retry).encode("ascii"))
+        self.app.metrics.protocol_error("quota")
+        _log.info("{app}: {client} is over its quota of {what}", app=self.app.ctx.name, client=client, what=what)
+        return self.answer(request, 429, {"error": f"too many {what}; try again in {retry} s"})
 
     def body(self, request) -> bytes | None:
         """The request body, or None when it is larger than max_body."""

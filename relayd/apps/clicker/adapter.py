@@ -99,7 +99,7 @@ class ClickerProtocol(RelaydProtocol):
                 return None
             if self.role == "listener":
                 raise ProtocolError("wrong_role", "a listening connection cannot REGISTER")
-            return self._register(args[0] if args else None)
+            return self._register(args[0] if args and args[0] else None)
         if verb == "SCORE":
             if self.role != "device":
                 raise ProtocolError("not_registered", "REGISTER before sending SCORE")

@@ -33,8 +33,10 @@ def _error(kind: str, message: str) -> ProtocolError:
 
 
 def split_command(line: str) -> tuple[str, list[str]]:
+    """The verb and its tokens. Tokens are separated by single spaces: two spaces make an empty token,
+    which makes a SCORE malformed (no SCORED, so the device keeps the score)."""
     parts = line.strip().split(" ")
-    return parts[0].upper(), [p for p in parts[1:] if p != ""]
+    return parts[0].upper(), parts[1:]
 
 
 def parse_int64(text: str, what: str) -> int:

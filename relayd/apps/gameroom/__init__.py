@@ -21,7 +21,11 @@ SPEC = AppSpec(
     name="gameroom",
     build=_build,
     options={
-        "create_token": Option(text, "", "Bearer token for POST <mount>/create; empty refuses every create."),
+        "create_token": Option(text, "", "Bearer token for POST <mount>/create; empty lets anyone create, within the create quota."),
+        "creates_per_address": Option(integer(0), 20, "Rooms one client address may create without the token per create_window; 0 for no quota."),
+        "create_window": Option(number(1, 86400), 600.0, "Seconds over which creates_per_address refills."),
+        "unjoined_timeout": Option(number(1, 86400), 300.0, "Seconds a room created without the token may wait for its first player before it is abandoned."),
+        "public_url": Option(text, "", "Base URL clients reach relayd at (https://games.example); empty: the address of the listener the request came in on."),
         "tick_interval": Option(number(0.001, 1), 0.01, "Seconds between scheduler ticks (deadlines of all rooms)."),
         "command_delay": Option(integer(1, 16), 2, "Turns between the turn a command is sent for and the turn it executes."),
         "turn_ms": Option(integer(10, 10000), 100, "Initial turn length in milliseconds."),

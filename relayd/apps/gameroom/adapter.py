@@ -41,7 +41,9 @@ from relayd.apps.gameroom.core import LOG_CHUNK, GameRoom, Player, Room, Setting
 from relayd.apps.gameroom.roomstore import LocalRoomStore
 from relayd.apps.gameroom.scheduler import TickScheduler
 from relayd.errors import ProtocolError
+from relayd.quota import AddressQuota
 from relayd.web.endpoint import JSONEndpoint
+from relayd.web.proxy import client_of, public_base
 from relayd.ws import closecodes
 from relayd.ws.frames import Frame
 from relayd.ws.protocol import RelaydProtocol
@@ -228,17 +230,29 @@ class GameRoomProtocol(GameSession, RelaydProtocol):
 
 
 class Create(JSONEndpoint):
+    """
+    With create_token set, only its bearer creates rooms. Without, anyone may, within the create quota
+    of its client address, and a room nobody joins is abandoned after unjoined_timeout.
+    """
+
     def render_POST(self, request):
-        if not self.authorized(request, self.app.options["create_token"], "unauthorized_create"):
+        app = self.app
+        anonymous = not app.options["create_token"]
+        client = client_of(request)
+        if not anonymous and not self.authorized(request, app.options["create_token"], "unauthorized_create"):
             return self.answer(request, 401, {"error": "unauthorized"})
         body = self.body(request)
         if body is None:
             return self.answer(request, 413, {"error": "body too large"})
+        if anonymous and not app.create_quota.take(client):
+            return self.over_quota(request, app.create_quota, client, "rooms created from this address")
         try:
-            room = self.app.core.create(jsonutil.loads(body), self.app.reactor.seconds())
-        except jsonutil.BadJSON as e:
-            return self.answer(request, 400, {"error": f"not JSON: {e}"})
-        except ProtocolError as e:
+            room = app.core.create(jsonutil.loads(body), app.reactor.seconds(), anonymous=anonymous)
+        except (jsonutil.BadJSON, ProtocolError) as e:
+            if anonymous:
+                app.create_quota.give_back(client)
+            if isinstance(e, jsonutil.BadJSON):
+                return self.answer(request, 400, {"error": f"not JSON: {e}"})
             return self.answer(request, 503 if e.kind == "too_many_rooms" else 400, {"error": e.message})
         if self.app.router is None:
             return self._created(request, room)
@@ -254,10 +268,9 @@ class Create(JSONEndpoint):
         return self.answer(request, 503, {"error": "the room could not be registered; try again"})
 
     def _created(self, request, room) -> bytes:
-        host = (request.getHeader(b"host") or b"localhost").decode("ascii", "replace")
-        secure = request.isSecure()
-        base = f"{'wss' if secure else 'ws'}://{host}{self.app.mount}"
-        http_base = f"{'https' if secure else 'http'}://{host}{self.app.mount}"
+        # never from the Host header, which is the client's to write
+        http_base = public_base(request, self.app.options["public_url"]) + self.app.mount
+        base = "ws" + http_base[len("http"):]
         return self.answer(request, 201, {
             "id": room.id, "play_url": f"{base}/play/{room.id}", "watch_url": f"{base}/watch/{room.id}",
             "info_url": f"{http_base}/rooms/{room.id}", "archive_url": f"{http_base}/archive/{room.id}",
@@ -318,8 +331,9 @@ class GameRoomApp(App):
             max_players=o["max_players"], max_rooms=o["max_rooms"], max_command_bytes=o["max_command_bytes"],
             max_setup_bytes=o["max_setup_bytes"], max_turns=o["max_turns"], max_turn_rate=o["max_turn_rate"],
             setup_timeout=o["setup_timeout"],
-            archive_ttl=o["archive_ttl"],
+            archive_ttl=o["archive_ttl"], unjoined_timeout=o["unjoined_timeout"],
         )
+        self.create_quota = AddressQuota(o["creates_per_address"], o["create_window"], self.reactor)
         self.core = GameRoom(self.bus, self.settings)
         self.live: dict[tuple[str, str], GameSession] = {}
         self.router = None

@@ -66,6 +66,7 @@ class Settings:
     max_turn_rate: float = 60.0
     setup_timeout: float = 3600.0
     archive_ttl: float = 86400.0
+    unjoined_timeout: float = 0.0  # rooms created without the token: seconds to their first player; 0 never
 
 
 @attr.s(auto_attribs=True, eq=False)
@@ -175,7 +176,8 @@ class GameRoom:
 
     # ---- rooms -----------------------------------------------------------------------------
 
-    def create(self, body: Any, now: float) -> Room:
+    def create(self, body: Any, now: float, *, anonymous: bool = False) -> Room:
+        """A new room; an anonymous one (no create token) is abandoned if nobody joins it in time."""
         if not isinstance(body, dict):
             raise _err("bad_request", "the body must be a JSON object")
         if len(self.rooms) >= self.settings.max_rooms:
@@ -190,7 +192,8 @@ class GameRoom:
             raise _err("bad_request", f"players must be a whole number from 1 to {self.settings.max_players}")
         if not isinstance(options, dict):
             raise _err("bad_request", "options must be an object")
-        settings = self._room_settings(options)
+        settings = attr.evolve(self._room_settings(options),
+                               unjoined_timeout=self.settings.unjoined_timeout if anonymous else 0.0)
         setup = options.get("setup", {})
         if not isinstance(setup, dict):
             raise _err("bad_request", "options.setup must be an object")
@@ -540,16 +543,23 @@ class GameRoom:
     def housekeeping(self, now: float) -> None:
         """Rooms never leak: unstarted rooms time out, finished ones leave after archive_ttl."""
         for room in list(self.rooms.values()):
-            if room.state == states.SETUP and now - room.created >= room.settings.setup_timeout:
-                room.state = states.transition(room.state, "abandon")
-                room.ended = now
-                self._event(room, now, "abandoned")
-                self._broadcast(room, _frame("finished", reason="setup_timeout", turn=0, results={}))
+            if room.state == states.SETUP:
+                unjoined = room.settings.unjoined_timeout
+                if now - room.created >= room.settings.setup_timeout:
+                    self._abandon(room, now, "setup_timeout")
+                elif unjoined and not room.players and now - room.created >= unjoined:
+                    self._abandon(room, now, "unjoined")
             if room.ended is not None and now - room.ended >= room.settings.archive_ttl:
                 del self.rooms[room.id]
                 self.running.pop(room.id, None)
                 self.dirty.discard(room.id)
                 self.deleted.add(room.id)
+
+    def _abandon(self, room: Room, now: float, reason: str) -> None:
+        room.state = states.transition(room.state, "abandon")
+        room.ended = now
+        self._event(room, now, "abandoned", reason=reason)
+        self._broadcast(room, _frame("finished", reason=reason, turn=0, results={}))
 
     # ---- the durable store -----------------------------------------------------------------
 

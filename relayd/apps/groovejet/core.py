@@ -196,21 +196,27 @@ class Groovejet:
         room = self.rooms.get(code.lower())
         if room is None:
             raise error("noRoomFound", "no room found with this code", close=first_generation)
-        if as_host and room.host is not None:
+        # a host within its reconnect grace is not there: a guest would wait for it in vain
+        host_connected = room.host is not None and room.host.connected
+        if as_host and host_connected:
             raise error("hostAlreadyExists", "this room already has a host", close=first_generation)
-        become_host = as_host or (can_host and room.host is None)
-        if not become_host and room.host is None:
+        become_host = as_host or (can_host and not host_connected)
+        if not become_host and not host_connected:
             raise error("hostDisconnected", "the room has no host connected", close=first_generation)
         self._order += 1
         seat = Seat(client_id, token, room, become_host, self.clock.seconds(), self._order)
         self.seats_by_token[_token_key(token)] = seat
         self._cancel_expiry(room)
         if become_host:
+            replaced = room.host
+            if replaced is not None:
+                self._unseat(replaced)  # its reconnect token now finds no seat (invalidToken)
             room.host = seat
             if room.snapshot is not None:
                 self._send(client_id, message("snapshot", room.snapshot))
+            told = "hostChanged" if replaced is not None else "hostReturned"
             for guest in room.guests.values():
-                self._send(guest.client_id, message("hostReturned", {"clientId": client_id}))
+                self._send(guest.client_id, message(told, {"clientId": client_id}))
         else:
             room.guests[client_id] = seat
         self.seats_changed(room)
@@ -281,6 +287,13 @@ class Groovejet:
         self.seats_changed(room)
         if room.empty() or all(not s.connected for s in self._seats(room)):
             self._schedule_expiry(room)
+
+    def _unseat(self, seat: Seat) -> None:
+        """A disconnected seat someone else took: its grace ends now and its token holds nothing."""
+        if seat.grace_timer is not None and seat.grace_timer.active():
+            seat.grace_timer.cancel()
+        seat.grace_timer = None
+        self.seats_by_token.pop(seat.token_key, None)
 
     def _migrate(self, room: Room) -> None:
         candidates = [g for g in room.guests.values() if g.connected]
