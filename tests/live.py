@@ -9,6 +9,7 @@ import tempfile
 from autobahn.twisted.websocket import WebSocketClientFactory
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.trial.unittest import TestCase
 
 from relayd import tap
@@ -99,17 +100,38 @@ class Daemon:
         return open_ws(self.port(listener), path, tls_options=tls_options, origin=origin, bind=bind)
 
 
-def open_ws(port: int, path: str, tls_options=None, origin=None, bind=None) -> defer.Deferred:
-    """Fires with a LiveClient once its WebSocket is open (errbacks if it closes first)."""
+def open_ws(port: int, path: str, tls_options=None, origin=None, bind=None, headers=None,
+            preface: bytes = b"") -> defer.Deferred:
+    """
+    Fires with a LiveClient once its WebSocket is open (errbacks if it closes first). `preface` is
+    written before the handshake, as a proxy's PROXY protocol header is.
+    """
     scheme = "wss" if tls_options is not None else "ws"
-    factory = WebSocketClientFactory(f"{scheme}://localhost:{port}{path}", origin=origin, reactor=reactor)
+    factory = WebSocketClientFactory(f"{scheme}://localhost:{port}{path}", origin=origin, headers=headers or {},
+                                     reactor=reactor)
     factory.protocol = LiveClient
     endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, bindAddress=(bind, 0) if bind else None)
     if tls_options is not None:
         endpoint = wrapClientTLS(tls_options, endpoint)
+    if preface:
+        factory = _PrefaceFactory(factory, preface)
     d = endpoint.connect(factory)
-    d.addCallback(lambda protocol: protocol.when_open)
+    d.addCallback(lambda protocol: getattr(protocol, "wrappedProtocol", protocol).when_open)
     return d
+
+
+class _Preface(ProtocolWrapper):
+    def makeConnection(self, transport):
+        transport.write(self.factory.preface)
+        super().makeConnection(transport)
+
+
+class _PrefaceFactory(WrappingFactory):
+    protocol = _Preface
+
+    def __init__(self, wrapped, preface: bytes):
+        super().__init__(wrapped)
+        self.preface = preface
 
 
 def free_port() -> int:

@@ -39,3 +39,31 @@ class LogTests(TestCase):
         application = Application("relayd")
         RelaydService(config, reactor=MemoryReactorClock(), store=MemoryStore()).setServiceParent(application)
         self.assertIsNotNone(application.getComponent(ILogObserver, None))
+
+
+class OperatorLogTests(TestCase):
+    def test_json_lines_carry_text_and_exception(self):
+        """A JSON log line has the rendered message, and for a failure the exception's traceback."""
+        out = io.StringIO()
+        log = Logger(observer=make_observer("json", "info", out))
+        log.info("listening on {endpoint}", endpoint="tcp:8080")
+        try:
+            1 / 0
+        except ZeroDivisionError:
+            log.failure("app {app} failed to start", app="carparty")
+        first, second = (json.loads(line) for line in out.getvalue().splitlines())
+        self.assertEqual(first["text"], "listening on tcp:8080")
+        self.assertEqual(second["text"], "app carparty failed to start")
+        self.assertIn("ZeroDivisionError: division by zero", second["exception"])
+
+    def test_sighup_says_what_it_reloaded(self):
+        """A reload with no TLS listener logs that there was nothing to reload."""
+        from twisted.internet.testing import MemoryReactorClock
+        from twisted.logger import globalLogPublisher
+
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        service = RelaydService(make_config(), reactor=MemoryReactorClock(), store=MemoryStore())
+        service.reload()
+        self.assertIn("SIGHUP: nothing to reload", " ".join(e.get("log_format", "") for e in events))

@@ -85,7 +85,7 @@ class AppMount(Resource):
             return self._upgrade(request)
         if self.http is not None:
             resource = getChildForRequest(self.http, request)
-            if request.method == b"HEAD" and not hasattr(resource, "render_GET") and not hasattr(resource, "render_HEAD"):
+            if request.method == b"HEAD" and not _serves_head(resource):
                 # twisted.web answers HEAD with render_GET, and a resource that has none with a 500
                 raise UnsupportedMethod(_allowed_methods(resource))
             return resource.render(request)
@@ -123,9 +123,18 @@ class AppMount(Resource):
         return hand_over(request, factory, client)
 
 
+def _serves_head(resource) -> bool:
+    inherited = getattr(Resource, "render_HEAD", None)
+    own_head = getattr(type(resource), "render_HEAD", inherited) is not inherited
+    return own_head or hasattr(resource, "render_GET")
+
+
 def _allowed_methods(resource) -> list[bytes]:
-    return sorted(name[len("render_"):].encode("ascii") for name in dir(resource)
-                  if name.startswith("render_") and name[len("render_"):].isupper())
+    methods = {name[len("render_"):] for name in dir(resource)
+               if name.startswith("render_") and name[len("render_"):].isupper()}
+    if not _serves_head(resource):
+        methods.discard("HEAD")
+    return sorted(m.encode("ascii") for m in methods)
 
 
 def _plain(request, code: int, body: bytes) -> bytes:

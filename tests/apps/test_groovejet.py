@@ -407,3 +407,63 @@ class SnapshotAndExpiryTests(TestCase):
         h.flush()
         self.assertEqual(last(host)["errorType"], "tooManyRooms")
         self.assertEqual(h.http("POST", "/groovejet/rooms")[0], 503)
+
+
+class HostAwayJoinTests(TestCase):
+    """A host within its reconnect grace does not count as present for joins (pearl's GroovejetClient)."""
+
+    def _room_with_host_away(self, h):
+        host, code = gen2_host(h)
+        token = identity(host)["reconnectToken"]
+        host.sendClose(1000)
+        h.flush()
+        return code, token
+
+    def test_guest_join_gets_host_disconnected(self):
+        """joinRoom without canHost while the host is away: hostDisconnected, never joinedRoom as guest."""
+        h = harness()
+        code, _ = self._room_with_host_away(h)
+        guest = gen2_guest(h, code)
+        self.assertEqual(types(guest), ["identity", "error"])
+        self.assertEqual(last(guest)["errorType"], "hostDisconnected")
+
+    def test_first_generation_guest_gets_host_disconnected_and_close(self):
+        """A query-string guest while the host is away gets hostDisconnected and is closed."""
+        h = harness()
+        code, _ = self._room_with_host_away(h)
+        guest = h.ws("/groovejet", query={"code": code})
+        self.assertEqual(last(guest)["errorType"], "hostDisconnected")
+        self.assertTrue(guest.closed)
+
+    def test_can_host_joiner_takes_the_seat(self):
+        """With canHost the joiner becomes host; connected guests hear hostChanged; the old token finds nothing."""
+        h = harness()
+        host, code = gen2_host(h)
+        token = identity(host)["reconnectToken"]
+        guest = gen2_guest(h, code)
+        host.sendClose(1000)
+        h.flush()
+        newcomer = gen2_guest(h, code, can_host=True)
+        self.assertEqual(last(newcomer), {"type": "joinedRoom", "data": {"isHost": True, "reconnected": False}})
+        self.assertEqual(last(guest), {"type": "hostChanged", "data": {"clientId": identity(newcomer)["clientId"]}})
+        guest.send_json({"type": "guestOfferSignal", "data": {"offerSignal": {"type": "offer", "sdp": "v=0"}}})
+        h.flush()
+        self.assertEqual(last(newcomer)["data"]["offerSignal"], {"type": "offer", "sdp": "v=0"})
+        old = h.ws("/groovejet", query={"resume": token})
+        self.assertEqual(last(old)["errorType"], "invalidToken")
+
+    def test_query_string_host_takes_the_seat(self):
+        """A first-generation host connecting while the old host is away becomes host (no hostAlreadyExists)."""
+        h = harness()
+        code, _ = self._room_with_host_away(h)
+        host = h.ws("/groovejet", query={"host": "true", "code": code})
+        self.assertFalse(host.closed)
+        self.assertNotIn("error", types(host))
+
+    def test_host_back_within_grace_keeps_its_seat(self):
+        """Nobody took the seat: the host resumes it with its token, as before."""
+        h = harness()
+        code, token = self._room_with_host_away(h)
+        back = h.ws("/groovejet", query={"resume": token})
+        self.assertEqual(last(back)["data"]["isHost"], True)
+        self.assertEqual(last(gen2_guest(h, code))["type"], "joinedRoom")
