@@ -50,6 +50,7 @@ class RelaydProtocol(WebSocketServerProtocol):
     request = None
     sends_as = "client"  # the role whose rate limits apply (AppSpec.roles)
     ignored = 0  # messages that arrived after relayd decided to close this connection
+    rate_limited = False
     heard = True  # anything read since keepalive last looked
     keepalive_slot = None
 
@@ -125,10 +126,7 @@ class RelaydProtocol(WebSocketServerProtocol):
         metrics.bytes_in += len(payload)
         if not self._budget.take(self._clock.seconds(), len(payload)) and not self._promoted(len(payload)):
             metrics.protocol_error("rate_limited")
-            self._log.info(
-                "{app}: {peer} ({role}) exceeded the rate limit; closing it",
-                app=self.factory.app_name, peer=self.peer, role=self.sends_as,
-            )
+            self.rate_limited = True  # logged once, with what followed, when the connection is gone
             self.close(closecodes.RATE_LIMITED, "rate limit exceeded")
             return
         try:
@@ -160,7 +158,12 @@ class RelaydProtocol(WebSocketServerProtocol):
         if not self.websocket_open:
             return
         self.websocket_open = False
-        if self.ignored:
+        if self.rate_limited:
+            self._log.info(
+                "{app}: closed {peer} ({role}) for exceeding its rate limit; {count} messages after that were not acted on",
+                app=self.factory.app_name, peer=self.peer, role=self.sends_as, count=self.ignored,
+            )
+        elif self.ignored:
             self._log.info(
                 "{app}: {peer} sent {count} messages after relayd decided to close it; none was acted on",
                 app=self.factory.app_name, peer=self.peer, count=self.ignored,
