@@ -136,3 +136,19 @@ class JSONTests(TestCase):
                 loads(bad)
         self.assertEqual(dumps({"a": "é", 1: 2**70}), '{"a":"é","1":1180591620717411303424}'.encode())
         self.assertEqual(dumps({"s": "\ud800"}), b'{"s":"\\ud800"}')
+
+
+class TwistedHAProxyInternalsTests(TestCase):
+    def test_haproxy_wrapper_shape(self):
+        """Twisted's HAProxy wrapper still parses on dataReceived into _proxyInfo, and its signatures are as relayd probes them."""
+        from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper
+
+        from relayd.ws._autobahn import PROXY_HEADER_PROBE, PROXY_V1_SIGNATURE, PROXY_V2_SIGNATURE
+
+        self.assertEqual(PROXY_V1_SIGNATURE, b"PROXY ")
+        self.assertEqual(PROXY_V2_SIGNATURE, b"\r\n\r\n\x00\r\nQUIT\n")
+        self.assertEqual(PROXY_HEADER_PROBE, 16)
+        source = inspect.getsource(HAProxyProtocolWrapper)
+        self.assertIn("self._proxyInfo, remaining = parser.feed(data)", source)
+        self.assertIn("len(data) >= 16", source)
+        self.assertIn("def getPeer(self)", source)
