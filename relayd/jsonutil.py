@@ -27,6 +27,12 @@ class BadJSON(ValueError):
     pass
 
 
+# Deepest nesting of objects and arrays accepted from a client. Far above what any protocol here
+# uses (its deepest documents are a few levels), and below orjson's encoding limit (254), so
+# everything relayd accepted can be written out again by the fast path, never by a recursive one.
+MAX_DEPTH = 64
+
+
 def _finite(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
@@ -48,6 +54,37 @@ _LONG_DIGITS_TEXT = re.compile(r"[0-9]{19}")
 
 
 def loads(data: bytes | str) -> Any:
+    """A client's JSON: finite numbers, exact integers, at most MAX_DEPTH levels deep; else BadJSON."""
+    value = _loads(data)
+    # counting brackets runs at memchr speed; only a document with that many is walked
+    if _brackets(data) > MAX_DEPTH and _depth_over(value, MAX_DEPTH):
+        raise BadJSON(f"nested deeper than {MAX_DEPTH} levels")
+    return value
+
+
+def _brackets(data: bytes | str) -> int:
+    if isinstance(data, bytes):
+        return data.count(b"[") + data.count(b"{")
+    return data.count("[") + data.count("{")
+
+
+def _depth_over(value: Any, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
+
+
+def _loads(data: bytes | str) -> Any:
     long_digits = _LONG_DIGITS if isinstance(data, bytes) else _LONG_DIGITS_TEXT
     if long_digits.search(data) is None:
         try:

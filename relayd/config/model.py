@@ -34,6 +34,7 @@ LIMIT_OPTIONS: dict[str, Option] = {
     "open_handshake_timeout": Option(number(0.1, 600), 5.0, "Seconds from TCP accept to a completed WebSocket handshake."),
     "close_handshake_timeout": Option(number(0.1, 600), 5.0, "Seconds to wait for the peer's close frame before dropping."),
     "max_request_size": Option(size(1024, 1024 * 1024), 16 * 1024, "Largest HTTP request head (request line plus headers)."),
+    "max_body_size": Option(size(0, 16 * 1024 * 1024), 64 * 1024, "Largest HTTP request body; a larger announced body is answered 413 before it is read, a chunked one when it passes the limit."),
     "auto_ping_interval": Option(number(0, 3600), 20.0, "A connection silent this many seconds is pinged (one timer for all); 0 turns keepalive off."),
     "auto_ping_timeout": Option(number(0, 3600), 10.0, "Seconds a pinged connection has to answer (anything) before it is dropped."),
     "allowed_origins": Option(words, ("*",), "Origins allowed to open WebSockets: * (any Origin at all), scheme://host[:port] (wildcards allowed in the host), or a literal value such as null."),
@@ -41,6 +42,7 @@ LIMIT_OPTIONS: dict[str, Option] = {
     "rate_burst": Option(integer(1), 200, "Messages one connection may send at once above the average."),
     "byte_rate": Option(size(0), 1024 * 1024, "Bytes per second one connection may send on average; 0 turns it off."),
     "byte_burst": Option(size(1), 4 * 1024 * 1024, "Bytes one connection may send at once above the average; at least max_message_size."),
+    "max_protocol_errors": Option(integer(1), 50, "Protocol errors one connection may cause in a minute (refilled evenly); one more closes it with 1008."),
     "max_send_backlog": Option(size(1024), 1024 * 1024, "Bytes queued for a client that does not read before it is disconnected."),
     "max_send_backlog_age": Option(number(0.1, 3600), 30.0, "Seconds a client may block its send queue before it is disconnected."),
 }
@@ -97,6 +99,7 @@ class Limits:
     open_handshake_timeout: float
     close_handshake_timeout: float
     max_request_size: int
+    max_body_size: int
     auto_ping_interval: float
     auto_ping_timeout: float
     allowed_origins: tuple[str, ...]
@@ -104,6 +107,7 @@ class Limits:
     rate_burst: int
     byte_rate: int
     byte_burst: int
+    max_protocol_errors: int
     max_send_backlog: int
     max_send_backlog_age: float
     # the app's roles other than an ordinary client (a carparty game server, a groovejet host)

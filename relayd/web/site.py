@@ -12,6 +12,8 @@ The twisted.web Site of one listener, hardened for the open internet.
 
 from __future__ import annotations
 
+from io import BytesIO
+
 from twisted.logger import Logger
 from twisted.web import http, server
 
@@ -93,8 +95,56 @@ def _peer(transport) -> str:
         return "?"
 
 
+class RelaydRequest(server.Request):
+    """
+    A request whose body is held in memory and capped at max_body_size: an announced body over the
+    cap is answered 413 before a byte of it is read, a chunked one as soon as it passes the cap.
+    twisted.web would spool a large body to a temporary file first.
+    """
+
+    refused = False
+
+    def gotLength(self, length):
+        if length is not None and length > self._cap():
+            self._too_large()
+            return
+        self.content = BytesIO()
+
+    def handleContentChunk(self, data):
+        if self.refused:
+            return
+        if self.content.tell() + len(data) > self._cap():
+            self._too_large()
+            return
+        self.content.write(data)
+
+    def process(self):
+        if not self.refused:
+            super().process()
+
+    def _cap(self) -> int:
+        return self.channel.site.limits.max_body_size
+
+    def _too_large(self):
+        self.refused = True
+        self.content = BytesIO()
+        channel = self.channel
+        channel.site.reject("body_too_large")
+        _log.info(
+            "listener {listener}: request body over {limit} bytes from {peer}",
+            listener=channel.site.listener_name, limit=self._cap(), peer=_peer(channel.transport),
+        )
+        body = b"request body too large\n"
+        channel.transport.write(
+            b"HTTP/1.1 413 Payload Too Large\r\ncontent-type: text/plain; charset=utf-8\r\n"
+            b"connection: close\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )
+        channel.loseConnection()
+
+
 class RelaydSite(server.Site):
     protocol = RelaydChannel
+    requestFactory = RelaydRequest
     displayTracebacks = False
 
     def __init__(self, resource, *, reactor, tracker: ConnectionTracker, limits, metrics, listener_name: str,

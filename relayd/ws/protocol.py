@@ -37,6 +37,16 @@ from relayd.ws.keepalive import PING
 _OPEN = WebSocketProtocol.STATE_OPEN
 
 
+class _ErrorRate:
+    """max_protocol_errors in any minute, as a Budget of messages without bytes."""
+
+    __slots__ = ("rate_limit", "rate_burst", "byte_rate", "byte_burst")
+
+    def __init__(self, per_minute: int):
+        self.rate_limit, self.rate_burst = per_minute / 60.0, per_minute
+        self.byte_rate, self.byte_burst = 0, 1
+
+
 @implementer(IPushProducer)
 class RelaydProtocol(WebSocketServerProtocol):
     _log = Logger()
@@ -50,6 +60,7 @@ class RelaydProtocol(WebSocketServerProtocol):
     request = None
     sends_as = "client"  # the role whose rate limits apply (AppSpec.roles)
     ignored = 0  # messages that arrived after relayd decided to close this connection
+    error_counts = None  # protocol errors by kind, made at the first
     rate_limited = False
     heard = True  # anything read since keepalive last looked
     keepalive_slot = None
@@ -158,6 +169,13 @@ class RelaydProtocol(WebSocketServerProtocol):
         if not self.websocket_open:
             return
         self.websocket_open = False
+        errors = self.error_counts
+        if errors and sum(errors.values()) > len(errors):
+            self._log.info(
+                "{app}: {peer} caused {count} protocol errors in all ({kinds})",
+                app=self.factory.app_name, peer=self.peer, count=sum(errors.values()),
+                kinds=", ".join(f"{kind} x{n}" for kind, n in sorted(errors.items())),
+            )
         if self.rate_limited:
             self._log.info(
                 "{app}: closed {peer} ({role}) for exceeding its rate limit; {count} messages after that were not acted on",
@@ -325,15 +343,29 @@ class RelaydProtocol(WebSocketServerProtocol):
         self.close(closecodes.GOING_AWAY, "server shutting down")
 
     def _protocol_error(self, error: ProtocolError) -> None:
-        self.factory.metrics.protocol_error(error.kind)
-        self._log.info(
-            "{app}: protocol error from {peer}: {kind}: {message}",
-            app=self.factory.app_name, peer=self.peer, kind=error.kind, message=error.message,
-        )
+        factory = self.factory
+        factory.metrics.protocol_error(error.kind)
+        # the first of each kind is logged; the rest are counted and summed up when the connection ends
+        counts = self.error_counts
+        if counts is None:
+            counts = self.error_counts = {}
+            limit = factory.limits.max_protocol_errors
+            self._error_budget = Budget(_ErrorRate(limit), self._clock.seconds())
+        seen = counts.get(error.kind, 0)
+        counts[error.kind] = seen + 1
+        if not seen:
+            self._log.info(
+                "{app}: protocol error from {peer}: {kind}: {message}",
+                app=factory.app_name, peer=self.peer, kind=error.kind, message=error.message,
+            )
+        if not self._error_budget.take(self._clock.seconds(), 0) and self.state == _OPEN:
+            factory.metrics.protocol_error("too_many_errors")
+            self.close(closecodes.POLICY, "too many invalid messages")
+            return
         try:
             self.report(error)
         except Exception:
-            self._log.failure("{app}: reporting a protocol error failed", app=self.factory.app_name)
+            self._log.failure("{app}: reporting a protocol error failed", app=factory.app_name)
             self._internal_error()
 
     def _internal_error(self) -> None:

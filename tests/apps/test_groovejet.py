@@ -399,7 +399,7 @@ class SnapshotAndExpiryTests(TestCase):
 
     def test_max_rooms(self):
         """Beyond max_rooms, createRoom answers tooManyRooms and POST /rooms 503."""
-        h = harness()
+        h = harness("rooms_per_address = 0")  # the node's bound, not the address's, is tested
         for _ in range(50):
             post_room(h)
         host = h.ws("/groovejet")
@@ -467,3 +467,42 @@ class HostAwayJoinTests(TestCase):
         back = h.ws("/groovejet", query={"resume": token})
         self.assertEqual(last(back)["data"]["isHost"], True)
         self.assertEqual(last(gen2_guest(h, code))["type"], "joinedRoom")
+
+
+class AnonymousRoomTests(TestCase):
+    """Rooms anyone may create are bounded per client address and vanish when nobody takes them."""
+
+    def test_quota_per_address(self):
+        """POST rooms past rooms_per_address from one address is 429 with the wait; another address is not affected."""
+        h = harness("rooms_per_address = 3\ncreate_window = 60")
+        for _ in range(3):
+            post_room(h)
+        status, _, body = h.http("POST", "/groovejet/rooms")
+        self.assertEqual(status, 429)
+        self.assertEqual(json.loads(body)["error"], "tooManyRooms")
+        host = h.ws("/groovejet")
+        host.send_json({"type": "createRoom"})
+        h.flush()
+        self.assertEqual(last(host)["errorType"], "tooManyRooms")
+        h.advance(20)  # a third of the window gives one room back
+        post_room(h)
+
+    def test_room_nobody_took_expires_within_seconds(self):
+        """A created room whose host never connects is gone after unclaimed_expiry; a claimed one stays."""
+        h = harness()
+        unclaimed, _ = post_room(h)
+        claimed, _ = post_room(h)
+        host = h.ws("/groovejet", query={"host": "true", "code": claimed})
+        h.advance(31)
+        self.assertNotIn(unclaimed, h.app("groovejet").core.rooms)
+        self.assertIn(claimed, h.app("groovejet").core.rooms)
+        self.assertFalse(host.closed)
+
+    def test_create_token_guards_http_creates(self):
+        """With create_token, POST rooms needs it (401 without) and its bearer is outside the quota."""
+        token = "groovejet-create-token-0123"
+        h = harness(f"create_token = {token}\nrooms_per_address = 1")
+        self.assertEqual(h.http("POST", "/groovejet/rooms")[0], 401)
+        for _ in range(5):
+            status, _, _ = h.http("POST", "/groovejet/rooms", headers={"Authorization": f"Bearer {token}"})
+            self.assertEqual(status, 200)

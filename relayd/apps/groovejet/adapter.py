@@ -35,6 +35,7 @@ notGuest, unknownClient, clientDisconnected, tooLarge, tooManyRooms, invalidToke
 
 from __future__ import annotations
 
+import hmac
 from urllib.parse import parse_qs, urlsplit
 
 from twisted.internet import defer
@@ -46,6 +47,8 @@ from relayd import jsonutil
 from relayd.apps.base import App
 from relayd.apps.groovejet.core import Groovejet, Seat, client_channel, error, message
 from relayd.errors import ProtocolError
+from relayd.quota import AddressQuota
+from relayd.web.proxy import client_of
 from relayd.ws import closecodes
 from relayd.ws.frames import Frame
 from relayd.ws.protocol import RelaydProtocol
@@ -203,6 +206,7 @@ class Session:
     def _lobby(self, kind: str, value: dict) -> None:
         app = self.app
         if kind == "createRoom":
+            app.take_create_quota(getattr(self, "client_address", None) or "unknown")
             created = app.create_room()
             if isinstance(created, defer.Deferred):
                 self.hold()
@@ -364,8 +368,21 @@ class Rooms(Resource):
     def render_POST(self, request):
         self._cors(request)
         request.setHeader(b"content-type", b"application/json")
+        app = self.app
+        token = app.options["create_token"]
+        if token:
+            given = request.getHeader(b"authorization") or b""
+            if not hmac.compare_digest(given, b"Bearer " + token.encode()):
+                app.metrics.protocol_error("unauthorized_create")
+                request.setHeader(b"www-authenticate", b'Bearer realm="relayd"')
+                return self._refused(request, error("unauthorized", "POST rooms needs the create token"), 401)
+        else:
+            try:
+                app.take_create_quota(client_of(request))
+            except ProtocolError as e:
+                return self._refused(request, e, 429)
         try:
-            created = self.app.create_room()
+            created = app.create_room()
         except ProtocolError as e:
             return self._refused(request, e)
         if not isinstance(created, defer.Deferred):
@@ -396,9 +413,9 @@ class Rooms(Resource):
         self.app.metrics.http(200)
         return jsonutil.dumps({"code": room.code})
 
-    def _refused(self, request, e: ProtocolError) -> bytes:
-        request.setResponseCode(503)
-        self.app.metrics.http(503)
+    def _refused(self, request, e: ProtocolError, code: int = 503) -> bytes:
+        request.setResponseCode(code)
+        self.app.metrics.http(code)
         return jsonutil.dumps({"error": e.kind, "message": e.message})
 
 
@@ -418,11 +435,21 @@ class GroovejetApp(App):
             ttl = o["room_expiry"] + o["reconnect_grace"] + 3 * self.cluster.node_timeout
             self.router = Router(self, self.cluster, clock=self.reactor, session_class=Session, record_ttl=ttl)
             save, forget, seats_changed = self._save_shared, self.router.directory.forget, self._seats_changed
+        self.create_quota = AddressQuota(o["rooms_per_address"], o["create_window"], self.reactor)
         self.core = Groovejet(
             self.bus, self.reactor,
-            grace=o["reconnect_grace"], expiry=o["room_expiry"], max_rooms=o["max_rooms"],
+            grace=o["reconnect_grace"], expiry=o["room_expiry"], unclaimed_expiry=o["unclaimed_expiry"],
+            max_rooms=o["max_rooms"],
             migration=o["host_migration"], save_room=save, forget_room=forget, seats_changed=seats_changed,
         )
+
+    def take_create_quota(self, address: str) -> None:
+        """One more room for this client address, or tooManyRooms (counted, and logged once a window)."""
+        if self.create_quota.take(address):
+            return
+        self.metrics.protocol_error("quota")
+        retry = max(1, int(self.create_quota.retry_after(address) + 0.999))
+        raise error("tooManyRooms", f"this address created too many rooms; try again in {retry} s")
 
     def create_room(self):
         """A new room here: at once on one node; on several, once its code is claimed in Redis."""

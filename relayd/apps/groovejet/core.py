@@ -59,10 +59,11 @@ class Seat:
 
 
 class Room:
-    __slots__ = ("code", "host", "guests", "successor", "snapshot", "expiry_timer", "created")
+    __slots__ = ("code", "host", "guests", "successor", "snapshot", "expiry_timer", "created", "claimed")
 
     def __init__(self, code: str, created: float):
         self.code = code
+        self.claimed = False  # someone sat in it: until then it expires after unclaimed_expiry
         self.host: Seat | None = None
         self.guests: dict[str, Seat] = {}
         self.successor: str | None = None
@@ -74,7 +75,7 @@ class Room:
         return self.host is None and not self.guests
 
     def record(self, with_seats: bool = False) -> dict:
-        record = {"created": self.created, "snapshot": self.snapshot}
+        record = {"created": self.created, "snapshot": self.snapshot, "claimed": self.claimed}
         if with_seats:
             # for another node taking the room over: whose seats are kept (tokens as digests only)
             record["successor"] = self.successor
@@ -94,6 +95,7 @@ class Groovejet:
         *,
         grace: float = 30.0,
         expiry: float = 300.0,
+        unclaimed_expiry: float = 30.0,
         max_rooms: int = 10000,
         migration: bool = True,
         save_room: Callable[[str, dict], Any] = lambda code, record: None,
@@ -104,6 +106,7 @@ class Groovejet:
         self.clock = clock
         self.grace = grace
         self.expiry = expiry
+        self.unclaimed_expiry = unclaimed_expiry
         self.max_rooms = max_rooms
         self.migration = migration
         self.save_room = save_room
@@ -158,7 +161,7 @@ class Groovejet:
         code = code if code is not None else self._new_code()
         room = self.rooms[code] = Room(code, self.clock.seconds())
         self.save_room(code, room.record())
-        self._schedule_expiry(room)
+        self._schedule_expiry(room)  # unclaimed: its host has unclaimed_expiry seconds to connect
         return room
 
     def restore_room(self, code: str, record: dict) -> None:
@@ -169,6 +172,8 @@ class Groovejet:
         """
         room = self.rooms[code] = Room(code, record.get("created", self.clock.seconds()))
         room.snapshot = record.get("snapshot")
+        # records written before rooms knew whether they were claimed count as claimed
+        room.claimed = record.get("claimed", True) or room.snapshot is not None or bool(record.get("seats"))
         room.successor = record.get("successor")
         for entry in record.get("seats", ()):
             self._order = max(self._order, entry["order"])
@@ -207,6 +212,9 @@ class Groovejet:
         seat = Seat(client_id, token, room, become_host, self.clock.seconds(), self._order)
         self.seats_by_token[_token_key(token)] = seat
         self._cancel_expiry(room)
+        if not room.claimed:
+            room.claimed = True
+            self.save_room(room.code, room.record())
         if become_host:
             replaced = room.host
             if replaced is not None:
@@ -315,7 +323,8 @@ class Groovejet:
 
     def _schedule_expiry(self, room: Room) -> None:
         self._cancel_expiry(room)
-        room.expiry_timer = self.clock.callLater(self.expiry, self._expire, room)
+        wait = self.expiry if room.claimed else min(self.unclaimed_expiry, self.expiry)
+        room.expiry_timer = self.clock.callLater(wait, self._expire, room)
 
     def _cancel_expiry(self, room: Room) -> None:
         if room.expiry_timer is not None and room.expiry_timer.active():
