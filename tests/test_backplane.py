@@ -186,7 +186,7 @@ class GroupOrderTests(TestCase):
         """A node that hears roster versions out of order keeps the newest names."""
         group = Group("[1,2]")
         got = []
-        waiter = Waiter(group, "m", got.append, False, None)
+        waiter = Waiter(group, "m", lambda frame, latest=None: got.append(frame), False, None)
         waiter.name = "ann"
         group.waiters.append(waiter)
         group.deliver(RosterUpdate.of(Roster(3, ("ann", "bob"))))
@@ -206,7 +206,7 @@ class GroupOrderTests(TestCase):
         bus, roster = MemoryBus(), LateRoster()
         core = WikiSpeedruns(bus, roster=roster)
         got = []
-        joined = core.wait_start({"user": "ann", "lobby_id": 1, "prompt_id": 2}, got.append, now=0)
+        joined = core.wait_start({"user": "ann", "lobby_id": 1, "prompt_id": 2}, lambda frame, latest=None: got.append(frame), now=0)
         channel = core.groups["[1,2]"].channel
         bus.publish(channel, RosterUpdate.of(Roster(5, ("bob", "ann"))))  # from another node, before ann's answer
         self.assertEqual(got, [])  # not in the group yet

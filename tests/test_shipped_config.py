@@ -154,7 +154,8 @@ class WikispeedrunsTests(TestCase):
             c = h.ws("/wikispeedruns")
             c.send_json({"type": "wait_start", "user": f"user{n}", "lobby_id": 10, "prompt_id": 5})
             users.append(c)
-            h.flush()
+            h.advance(0.02)
+        h.advance(0.1)
         for c in users:
             self.assertFalse(c.closed, (c.close_code, c.close_reason))
             self.assertEqual(len(c.json_messages()[-1]["users"]), 200)

@@ -37,6 +37,19 @@ from relayd.ws.keepalive import PING
 _OPEN = WebSocketProtocol.STATE_OPEN
 
 
+class _Latest:
+    """A queued frame that a newer one of the same key replaces in place (RelaydProtocol.send_frame)."""
+
+    __slots__ = ("frame", "key")
+
+    def __init__(self, frame: Frame, key: str):
+        self.frame = frame
+        self.key = key
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+
 class _ErrorRate:
     """max_protocol_errors in any minute, as a Budget of messages without bytes."""
 
@@ -61,6 +74,7 @@ class RelaydProtocol(WebSocketServerProtocol):
     sends_as = "client"  # the role whose rate limits apply (AppSpec.roles)
     ignored = 0  # messages that arrived after relayd decided to close this connection
     error_counts = None  # protocol errors by kind, made at the first
+    _latest = None  # latest key -> its _Latest in the send queue, made when one waits
     rate_limited = False
     heard = True  # anything read since keepalive last looked
     keepalive_slot = None
@@ -161,6 +175,7 @@ class RelaydProtocol(WebSocketServerProtocol):
                 call.cancel()
                 setattr(self, name, None)
         self._queue.clear()
+        self._latest = None
         self._queued_bytes = 0
         if self.factory.keepalive is not None:
             self.factory.keepalive.forget(self)
@@ -239,11 +254,24 @@ class RelaydProtocol(WebSocketServerProtocol):
 
     # ---- outbound ---------------------------------------------------------------------------
 
-    def send_frame(self, frame: Frame) -> None:
-        """The one outbound path: write now, or queue while the peer is not reading."""
+    def send_frame(self, frame: Frame, latest: str | None = None) -> None:
+        """
+        The one outbound path: write now, or queue while the peer is not reading. A frame sent with
+        `latest` (a state that supersedes the one before, such as a lobby roster) replaces the
+        queued frame of the same `latest` instead of queueing behind it.
+        """
         if self.state != _OPEN:
             return
         if self._blocked or self._queue:
+            if latest is not None:
+                held = self._latest.get(latest) if self._latest else None
+                if held is not None:
+                    self._queued_bytes += len(frame) - len(held.frame)
+                    held.frame = frame
+                    return
+                if self._latest is None:
+                    self._latest = {}
+                frame = self._latest[latest] = _Latest(frame, latest)
             self._queue.append(frame)
             self._queued_bytes += len(frame)
             if self._queued_bytes > self.factory.limits.max_send_backlog:
@@ -302,11 +330,15 @@ class RelaydProtocol(WebSocketServerProtocol):
         while queue and not self._blocked and self.state == _OPEN:
             frame = queue.popleft()
             self._queued_bytes -= len(frame)
+            if type(frame) is _Latest:
+                del self._latest[frame.key]
+                frame = frame.frame
             self._write(frame)
 
     def stopProducing(self):
         self._cancel_blocked_timer()
         self._queue.clear()
+        self._latest = None
         self._queued_bytes = 0
 
     def _cancel_blocked_timer(self):
@@ -324,6 +356,7 @@ class RelaydProtocol(WebSocketServerProtocol):
             app=self.factory.app_name, peer=self.peer, why=why, queued=self._queued_bytes,
         )
         self._queue.clear()
+        self._latest = None
         self._queued_bytes = 0
         self.close(closecodes.SLOW_CONSUMER, "slow consumer: send backlog exceeded")
         # the peer is not reading, so its close frame would never come: do not wait for it

@@ -18,6 +18,12 @@ SECRET = "0123456789abcdef0123"
 TRIGGER = "trigger-token-0123456789"
 
 
+def settle(h) -> None:
+    """Deliver what was sent, then let a roster_interval pass: roster updates go out at most that often."""
+    h.flush()
+    h.advance(0.1)
+
+
 def harness(options: str = "") -> Harness:
     return Harness(make_config(APP.format(options=options))).start()
 
@@ -32,10 +38,10 @@ class LobbyStartTests(TestCase):
         h = harness()
         dan = h.ws("/wikispeedruns")
         dan.send_json({"type": "wait_start", "user": "dan", "lobby_id": 10, "prompt_id": 5})
-        h.flush()
+        settle(h)
         ana = h.ws("/wikispeedruns")
         ana.send_json({"type": "wait_start", "user": "ana", "lobby_id": 10, "prompt_id": 5})
-        h.flush()
+        settle(h)
         self.assertEqual(updates(dan), [["dan"], ["dan", "ana"]])
         self.assertEqual(updates(ana), [["dan", "ana"]])
 
@@ -46,7 +52,7 @@ class LobbyStartTests(TestCase):
         for _ in range(3):
             c = h.ws("/wikispeedruns")
             c.send_json({"type": "wait_start", "user": "dan", "lobby_id": 10, "prompt_id": 5})
-            h.flush()
+            settle(h)
             clients.append(c)
         self.assertEqual(updates(clients[2])[-1], ["dan", "also dan", "also also dan"])
 
@@ -68,13 +74,13 @@ class LobbyStartTests(TestCase):
         a, b = h.ws("/wikispeedruns"), h.ws("/wikispeedruns")
         a.send_json({"type": "wait_start", "user": "a", "lobby_id": 1, "prompt_id": 2})
         b.send_json({"type": "wait_start", "user": "b", "lobby_id": 1, "prompt_id": 2})
-        h.flush()
+        settle(h)
         a.sendClose(1000)
-        h.flush()
+        settle(h)
         self.assertEqual(updates(b)[-1], ["b"])
         self.assertEqual(h.app("wikispeedruns").room_count(), 1)
         b.sendClose(1000)
-        h.flush()
+        settle(h)
         self.assertEqual(h.app("wikispeedruns").room_count(), 0)
         self.assertEqual(h.service.bus.channel_count(), 0)
 
@@ -301,3 +307,67 @@ class TriggerEndpointTests(TestCase):
         auth = {"Authorization": f"Bearer {TRIGGER}"}
         for body in (b"nope", b"[1]", b'{"lobby_id": 1}'):
             self.assertEqual(h.http("POST", "/wikispeedruns/leaderboard_update", body, auth)[0], 400, body)
+
+
+class LobbyBoundsTests(TestCase):
+    """A lobby keeps working for its members while someone floods it."""
+
+    def test_join_flood_costs_the_members_a_bounded_rate_of_updates(self):
+        """300 joins in one second reach each member as at most one roster per roster_interval, the last complete."""
+        h = harness()
+        member = h.ws("/wikispeedruns")
+        member.send_json({"type": "wait_start", "user": "real", "lobby_id": 1, "prompt_id": 1})
+        settle(h)
+        member.take()
+        for n in range(300):
+            c = h.ws("/wikispeedruns", host=f"10.0.{n // 200}.{n % 200 + 1}")
+            c.send_json({"type": "wait_start", "user": f"flood{n}", "lobby_id": 1, "prompt_id": 1})
+            h.advance(1 / 300)
+        settle(h)
+        rosters = updates(member)
+        self.assertLessEqual(len(rosters), 12)
+        self.assertEqual(len(rosters[-1]), 301)
+        self.assertFalse(member.closed)
+
+    def test_long_names_and_full_groups_are_refused(self):
+        """A name over max_name_length and a join past max_group_size close 1008; the group goes on."""
+        h = harness("max_name_length = 8\nmax_group_size = 2")
+        long = h.ws("/wikispeedruns")
+        long.send_json({"type": "wait_start", "user": "x" * 9, "lobby_id": 1, "prompt_id": 1})
+        settle(h)
+        self.assertEqual(long.close_code, 1008)
+        a, b, c = (h.ws("/wikispeedruns") for _ in range(3))
+        for n, client in enumerate((a, b, c)):
+            client.send_json({"type": "wait_start", "user": f"u{n}", "lobby_id": 1, "prompt_id": 1})
+            settle(h)
+        self.assertEqual(c.close_code, 1008)
+        self.assertEqual(updates(a)[-1], ["u0", "u1"])
+
+    def test_joins_per_address(self):
+        """Past joins_per_address one address's next join is closed 1013; its earlier members stay."""
+        h = harness("joins_per_address = 3\njoin_window = 60")
+        clients = [h.ws("/wikispeedruns") for _ in range(4)]
+        for n, c in enumerate(clients):
+            c.send_json({"type": "wait_start", "user": f"u{n}", "lobby_id": 1, "prompt_id": 1})
+            settle(h)
+        self.assertEqual(clients[3].close_code, 1013)
+        self.assertFalse(any(c.closed for c in clients[:3]))
+
+    def test_slow_member_gets_only_the_newest_roster(self):
+        """A member that does not read holds one queued roster, the newest, not one per join."""
+        h = harness()
+        slow = h.ws("/wikispeedruns")
+        slow.send_json({"type": "wait_start", "user": "slow", "lobby_id": 1, "prompt_id": 1})
+        settle(h)
+        [ws] = h.service.listeners["main"].tracker.websockets()
+        ws.pauseProducing()  # its socket buffer is full
+        for n in range(50):
+            c = h.ws("/wikispeedruns")
+            c.send_json({"type": "wait_start", "user": f"u{n}", "lobby_id": 1, "prompt_id": 1})
+            settle(h)
+        self.assertEqual(len(ws._queue), 1)
+        slow.take()
+        ws.resumeProducing()
+        h.flush()
+        self.assertEqual(len(updates(slow)), 1)
+        self.assertEqual(len(updates(slow)[-1]), 51)

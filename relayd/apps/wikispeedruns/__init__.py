@@ -1,7 +1,7 @@
 """wikispeedruns: lobby start, leaderboard and lobby-prompt notifications (docs/protocols/wikispeedruns.md)."""
 
 from relayd.apps.base import AppSpec
-from relayd.config.schema import BadValue, Option, text
+from relayd.config.schema import BadValue, Option, integer, number, text
 
 
 def _build(ctx):
@@ -22,6 +22,11 @@ SPEC = AppSpec(
     options={
         "secret": Option(text, "", "HMAC secret shared with the main site; set, only a host token may start a prompt."),
         "trigger_token": Option(text, "", "Bearer token for POST <mount>/leaderboard_update and /lobby_prompts_update."),
+        "max_name_length": Option(integer(1, 4096), 64, "Longest user name a wait_start may carry, in characters (before any also renaming)."),
+        "max_group_size": Option(integer(1), 500, "Users one lobby prompt group may hold on this node; one more is closed 1008."),
+        "joins_per_address": Option(integer(0), 300, "wait_start joins one client address may make per join_window; 0 for no quota."),
+        "join_window": Option(number(1, 86400), 60.0, "Seconds over which joins_per_address refills."),
+        "roster_interval": Option(number(0, 10), 0.1, "Shortest time between two roster updates to a group (the newest names; the first at once)."),
     },
     # the original waited 20 s for a pong; its clients' messages are small, so the 64 KiB default stays
     limit_defaults={"auto_ping_timeout": 20.0},

@@ -43,6 +43,7 @@ from relayd.apps.wikispeedruns.cluster import RedisRoster, RosterKeeper
 from relayd.apps.wikispeedruns.core import TokenVerifier, WikiSpeedruns, parse
 from relayd.backplane.cluster import Unavailable
 from relayd.errors import ProtocolError
+from relayd.quota import AddressQuota
 from relayd.ws import closecodes
 from relayd.ws.frames import Frame
 from relayd.web.endpoint import JSONEndpoint
@@ -55,8 +56,8 @@ class WikiSpeedrunsProtocol(RelaydProtocol):
     channel = None
     start_pending = False  # a start that arrived while the join was still on its way to the roster
 
-    def send(self, frame: Frame) -> None:
-        self.send_frame(frame)
+    def send(self, frame: Frame, latest: str | None = None) -> None:
+        self.send_frame(frame, latest)
 
     def received(self, payload: bytes, is_binary: bool) -> None:
         core: WikiSpeedruns = self.factory.app.core
@@ -75,6 +76,9 @@ class WikiSpeedrunsProtocol(RelaydProtocol):
 
     def _first(self, core: WikiSpeedruns, message: dict, kind: str) -> None:
         if kind == "wait_start":
+            if not self.factory.app.join_quota.take(self.client_address or "unknown"):
+                raise ProtocolError("quota", "too many joins from this address; try again later", close=True,
+                                    code=closecodes.TRY_AGAIN_LATER)
             self.role = "joining"
             core.wait_start(message, self.send, self.factory.reactor.seconds()).addCallbacks(
                 self._joined, self._join_failed)
@@ -166,11 +170,15 @@ class WikiSpeedrunsApp(App):
         secret = self.options["secret"]
         verifier = TokenVerifier(secret.encode()) if secret else None
         self.keeper = None
+        o = self.options
+        bounds = dict(clock=self.reactor, max_name_length=o["max_name_length"], max_group_size=o["max_group_size"],
+                      roster_interval=o["roster_interval"])
+        self.join_quota = AddressQuota(o["joins_per_address"], o["join_window"], self.reactor)
         if self.cluster is None:
-            self.core = WikiSpeedruns(self.bus, verifier)
+            self.core = WikiSpeedruns(self.bus, verifier, **bounds)
         else:
             roster = RedisRoster(self.cluster, ttl=max(60.0, 3 * self.cluster.node_timeout))
-            self.core = WikiSpeedruns(self.bus, verifier, roster)
+            self.core = WikiSpeedruns(self.bus, verifier, roster, **bounds)
             self.keeper = RosterKeeper(self.core, roster, self.cluster, clock=self.reactor)
 
     def start(self):

@@ -148,7 +148,8 @@ class Waiter:
 class Group:
     """The waiters of one group on this node, and the one bus subscription that feeds them."""
 
-    __slots__ = ("key", "channel", "waiters", "subscription", "version", "last_update")
+    __slots__ = ("key", "channel", "waiters", "subscription", "version", "last_update",
+                 "pending", "published", "last_publish", "timer")
 
     def __init__(self, key: str):
         self.key = key
@@ -157,6 +158,11 @@ class Group:
         self.subscription = None
         self.version = 0
         self.last_update: Frame | None = None
+        # this node's own roster changes, sent at most once per roster_interval (the newest wins)
+        self.pending: RosterUpdate | None = None
+        self.published = 0
+        self.last_publish = float("-inf")
+        self.timer = None
 
     def deliver(self, message) -> None:
         if isinstance(message, RosterUpdate):
@@ -164,21 +170,40 @@ class Group:
                 return
             self.version = message.version
             self.last_update = frame = message.frame
+            latest = ROSTER
         else:
-            frame = message
+            frame, latest = message, None
         for waiter in list(self.waiters):
             if waiter.name is not None:
-                waiter.receiver(frame)
+                waiter.receiver(frame, latest)
+
+
+# a roster update replaces an older one still queued for a slow reader: only the newest names matter
+ROSTER = "roster"
 
 
 class WikiSpeedruns:
+    """
+    Lobby groups are bounded: names at most max_name_length characters as sent, at most
+    max_group_size waiters in a group on this node, and a group's roster goes out at most once per
+    roster_interval seconds (the newest names; the first change at once), so joins and leaves
+    cost the others a bounded rate of updates however fast they come.
+    """
+
     def __init__(self, bus: IBus, verifier: TokenVerifier | None = None, roster: IRoster | None = None,
-                 new_member: Callable[[], str] | None = None):
+                 new_member: Callable[[], str] | None = None, *, clock=None, max_name_length: int = 64,
+                 max_group_size: int = 500, roster_interval: float = 0.1):
         self.bus = bus
         self.verifier = verifier
         self.roster = roster if roster is not None else MemoryRoster()
         self.groups: dict[str, Group] = {}
         self._new_member = new_member or (lambda: secrets.token_hex(8))
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.clock = clock
+        self.max_name_length = max_name_length
+        self.max_group_size = max_group_size
+        self.roster_interval = roster_interval
 
     # ---- lobby prompt start ------------------------------------------------------------------
 
@@ -187,6 +212,8 @@ class WikiSpeedruns:
         user = message.get("user")
         if not isinstance(user, str):
             raise _bad("wait_start needs user as a string")
+        if len(user) > self.max_name_length:
+            raise _bad(f"user is longer than {self.max_name_length} characters")
         lobby_id, prompt_id = _id(message, "lobby_id"), _id(message, "prompt_id")
         host, token_exp = False, None
         if self.verifier is not None and "token" in message:
@@ -196,6 +223,9 @@ class WikiSpeedruns:
             host, token_exp = token.host, token.exp
         key = key_of(lobby_id, prompt_id)
         group = self.groups.get(key)
+        if group is not None and len(group.waiters) >= self.max_group_size:
+            raise ProtocolError("group_full", f"this lobby prompt has {self.max_group_size} waiting already",
+                                close=True, code=1008)
         if group is None:
             group = self.groups[key] = Group(key)
             group.subscription = self.bus.subscribe(group.channel, group.deliver)
@@ -207,10 +237,10 @@ class WikiSpeedruns:
             waiter.name = name
             update = RosterUpdate.of(roster)
             if update.version > group.version:
-                self.bus.publish(group.channel, update)
+                self._publish_roster(group, update)
             elif group.last_update is not None:
                 # a newer roster (which has this waiter in it) arrived before the join's answer
-                receiver(group.last_update)
+                receiver(group.last_update, ROSTER)
             return waiter
 
         def failed(failure):
@@ -235,9 +265,30 @@ class WikiSpeedruns:
 
         def left(roster):
             if roster is not None:
-                self.bus.publish(group.channel, RosterUpdate.of(roster))
+                self._publish_roster(group, RosterUpdate.of(roster))
 
         return self.roster.leave(group.key, waiter.member).addCallback(left)
+
+    def _publish_roster(self, group: Group, update: RosterUpdate) -> None:
+        if update.version <= group.published or (group.pending is not None and update.version <= group.pending.version):
+            return
+        group.pending = update
+        if group.timer is not None:
+            return  # the send already scheduled takes the newest
+        wait = group.last_publish + self.roster_interval - self.clock.seconds()
+        if wait <= 0:
+            self._flush_roster(group)
+        else:
+            group.timer = self.clock.callLater(wait, self._flush_roster, group)
+
+    def _flush_roster(self, group: Group) -> None:
+        group.timer = None
+        update, group.pending = group.pending, None
+        if update is None:
+            return
+        group.last_publish = self.clock.seconds()
+        group.published = update.version
+        self.bus.publish(group.channel, update)
 
     def _forget(self, waiter: Waiter) -> bool:
         group = waiter.group
@@ -245,6 +296,9 @@ class WikiSpeedruns:
             return False
         group.waiters.remove(waiter)
         if not group.waiters:
+            if group.timer is not None and group.timer.active():
+                group.timer.cancel()
+            group.timer = None
             group.subscription.cancel()
             if self.groups.get(group.key) is group:
                 del self.groups[group.key]
