@@ -292,3 +292,85 @@ class SlowStore(MemoryStore):
         for d, namespace, key, value in pending:
             MemoryStore.put(self, namespace, key, value)
             d.callback(None)
+
+
+class IdentityBoundsTests(TestCase):
+    """Anonymous REGISTER and LISTEN cannot exhaust or sweep the six-digit id space quickly."""
+
+    def test_new_identities_per_address(self):
+        """Past registrations_per_address new identities, REGISTER answers ERROR quota; known secrets still work."""
+        h = Harness(make_config(APP + "registrations_per_address = 2\nregistration_window = 3600\n")).start()
+        secrets = []
+        for _ in range(2):
+            d = h.ws("/clicker/ws")
+            d.send_text("REGISTER")
+            h.flush()
+            secrets.append(d.take()[0].split(" ")[2])
+        third = h.ws("/clicker/ws")
+        third.send_text("REGISTER")
+        h.flush()
+        self.assertEqual(third.take()[0].split(" ")[:2], ["ERROR", "quota"])
+        again = h.ws("/clicker/ws")
+        again.send_text(f"REGISTER {secrets[0]}")
+        h.flush()
+        self.assertTrue(again.take()[0].startswith("REGISTERED "))
+        other = h.ws("/clicker/ws", host="10.9.8.7")
+        other.send_text("REGISTER")
+        h.flush()
+        self.assertTrue(other.take()[0].startswith("REGISTERED "))
+
+    def test_listen_quota_per_address(self):
+        """Following more ids than listen_ids_per_address from one address is refused with ERROR quota."""
+        h = Harness(make_config(APP.replace("max_listen_ids = 5", "max_listen_ids = 100")
+                                + "listen_ids_per_address = 150\n")).start()
+        first = h.ws("/clicker/ws")
+        first.send_text("LISTEN " + " ".join(f"{n:06d}" for n in range(100)))
+        second = h.ws("/clicker/ws")
+        second.send_text("LISTEN " + " ".join(f"{n:06d}" for n in range(100, 200)))
+        h.flush()
+        self.assertTrue(first.take()[0].startswith("CONNECT"))
+        self.assertEqual(second.take()[0].split(" ")[:2], ["ERROR", "quota"])
+
+    def test_unused_identities_expire(self):
+        """An identity unused for identity_ttl days is removed; one that scored is kept."""
+        h = Harness(make_config(APP + "identity_ttl = 1\n")).start()
+        idle, busy = h.ws("/clicker/ws"), h.ws("/clicker/ws")
+        idle.send_text("REGISTER")
+        busy.send_text("REGISTER")
+        h.flush()
+        idle_secret = idle.take()[0].split(" ")[2]
+        idle.sendClose(1000)
+        h.advance(20 * 3600)
+        busy.send_text("SCORE 1 1")
+        h.advance(6 * 3600)
+        core = h.app("clicker").core
+        self.assertEqual(len(core.ids), 1)
+        back = h.ws("/clicker/ws")
+        back.send_text(f"REGISTER {idle_secret}")
+        h.flush()
+        self.assertNotEqual(back.take()[0].split(" ")[2], idle_secret)
+
+
+class ProtocolErrorFloodTests(TestCase):
+    def test_unknown_verbs_are_logged_once_then_closed_past_the_bound(self):
+        """Unknown verbs: one log line for the first, the rest counted; past max_protocol_errors a minute, 1008."""
+        from twisted.logger import globalLogPublisher
+
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        h = harness()
+        c = h.ws("/clicker/ws")
+        for n in range(49):
+            c.send_text(f"BOGUS{n}")
+        h.flush()
+        self.assertFalse(c.closed)
+        h.advance(60)
+        for n in range(60):
+            c.send_text(f"BOGUS{n}")
+        h.flush()
+        self.assertEqual(c.close_code, 1008)
+        lines = [e for e in events if e.get("kind") == "unknown_command"]
+        self.assertEqual(len(lines), 1)
+        summary = [e for e in events if "protocol errors in all" in e.get("log_format", "")]
+        self.assertEqual(len(summary), 1)

@@ -32,6 +32,8 @@ With [bus] backend = redis identities, latest scores and who is connected are sh
 from __future__ import annotations
 
 from twisted.internet import defer
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
 
 from relayd.apps.base import App
 from relayd.apps.clicker.cluster import RedisState
@@ -39,9 +41,12 @@ from relayd.apps.clicker.core import ClickerCore, Event, device_channel, parse_i
 from relayd.apps.clicker.state import LocalState
 from relayd.backplane.cluster import Unavailable
 from relayd.errors import ProtocolError
+from relayd.quota import AddressQuota
 from relayd.ws import closecodes
 from relayd.ws.frames import Frame
 from relayd.ws.protocol import RelaydProtocol
+
+_log = Logger()
 
 MAX_PENDING = 256
 
@@ -113,7 +118,11 @@ class ClickerProtocol(RelaydProtocol):
     @defer.inlineCallbacks
     def _register(self, secret: str | None):
         app: ClickerApp = self.factory.app
-        device, secret = yield app.state.identify(secret)
+        address = self.client_address or "unknown"
+        # known devices register freely; minting a new identity spends the address's quota
+        device, secret, minted = yield app.state.identify(secret, may_mint=app.registrations.has(address))
+        if minted:
+            app.registrations.take(address)
         if self.state != self.STATE_OPEN:
             return
         previous, was_connected = yield app.state.attach(device, self)
@@ -154,6 +163,9 @@ class ClickerProtocol(RelaydProtocol):
         fresh = [i for i in ids if i not in self.subscriptions]
         if len(self.subscriptions) + len(fresh) > limit:
             raise ProtocolError("too_many_ids", f"at most {limit} device ids per connection")
+        # each id newly followed spends the address's listen quota, so sweeping the id space is slow
+        if fresh and not app.listens.take(self.client_address or "unknown", len(fresh)):
+            raise ProtocolError("quota", "too many device ids listened to from this address; try again later")
         self.role = "listener"
         self.subscribe_format = subscribe_format
         for device in fresh:
@@ -191,22 +203,44 @@ class ClickerApp(App):
     def __init__(self, ctx):
         super().__init__(ctx)
         self.core = ClickerCore()
+        o = self.options
+        self.registrations = AddressQuota(o["registrations_per_address"], o["registration_window"], self.reactor)
+        self.listens = AddressQuota(o["listen_ids_per_address"], o["listen_window"], self.reactor)
         if self.cluster is None:
-            self.state = LocalState(self.core, self.store)
+            self.state = LocalState(self.core, self.store, self.reactor)
         else:
             self.state = RedisState(self.core, self.cluster, self.bus, self.store, clock=self.reactor)
+        self.expiry = LoopingCall(self._expire)
+        self.expiry.clock = self.reactor
         self._ready = False
         self._waiting: list[defer.Deferred] = []
 
     @defer.inlineCallbacks
+    def _expire(self):
+        # a LoopingCall whose function fails stops for good: this one catches its own errors
+        try:
+            gone = yield self.state.expire(self.options["identity_ttl"] * 86400.0)
+        except Exception:
+            _log.failure("clicker: expiring unused identities failed; it runs again in an hour")
+            return
+        if gone:
+            _log.info("clicker: removed {count} identities unused for {days} days", count=gone,
+                      days=self.options["identity_ttl"])
+            self.metrics.dropped("identity_expired", gone)
+
+    @defer.inlineCallbacks
     def start(self):
         yield self.state.start()
+        if self.options["identity_ttl"]:
+            self.expiry.start(3600.0, now=True)
         self._ready = True
         waiting, self._waiting = self._waiting, []
         for d in waiting:
             d.callback(None)
 
     def stop(self):
+        if self.expiry.running:
+            self.expiry.stop()
         return self.state.stop()
 
     def when_ready(self) -> defer.Deferred:

@@ -27,7 +27,9 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from relayd.apps.clicker.core import RECENT_TIMESTAMPS, ClickerCore, Event, canonical_secret, device_channel, secret_key
+from relayd.apps.clicker.core import (
+    RECENT_TIMESTAMPS, REGISTRATION_QUOTA, ClickerCore, Event, canonical_secret, device_channel, secret_key,
+)
 from relayd.apps.clicker.state import IDENTITIES, LATEST, IClickerState
 from relayd.backplane import codec
 from relayd.backplane.cluster import Cluster, Unavailable
@@ -36,14 +38,15 @@ from relayd.errors import ProtocolError
 _log = Logger()
 
 MAX_IDS = 900_000
-_KNOWN, _NEW, _TAKEN, _FULL = 0, 1, 2, 3
+_KNOWN, _NEW, _TAKEN, _FULL, _QUOTA = 0, 1, 2, 3, 4
 
-# KEYS: identity, ids. ARGV: known digest or '', new digest, candidate id, max ids
+# KEYS: identity, ids. ARGV: known digest or '', new digest, candidate id, max ids, may mint ('1' or '0')
 _IDENTIFY = b"""
 if ARGV[1] ~= '' then
   local id = redis.call('HGET', KEYS[1], ARGV[1])
   if id then return {id, 0} end
 end
+if ARGV[5] == '0' then return {'', 4} end
 if redis.call('SCARD', KEYS[2]) >= tonumber(ARGV[4]) then return {'', 3} end
 if redis.call('SADD', KEYS[2], ARGV[3]) == 0 then return {'', 2} end
 redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
@@ -144,23 +147,29 @@ class RedisState:
         if self._sweeper.running:
             self._sweeper.stop()
 
+    def expire(self, ttl: float):
+        """Identities in Redis are not expired yet (docs/protocols/clicker.md, "On several nodes")."""
+        return defer.succeed(0)
+
     # ---- identities ----------------------------------------------------------------------------
 
     @defer.inlineCallbacks
-    def identify(self, secret):
+    def identify(self, secret, may_mint=True):
         secret = canonical_secret(secret)
         known = secret_key(secret) if secret is not None else ""
         for _ in range(32):
             new_secret, candidate = self.core.new_secret(), self.core.random_id()
             device, outcome = yield self.cluster.eval(
                 _IDENTIFY, [self._key("identity"), self._key("ids")],
-                [known, secret_key(new_secret), candidate, MAX_IDS],
+                [known, secret_key(new_secret), candidate, MAX_IDS, "1" if may_mint else "0"],
             )
             if outcome == _KNOWN:
-                return device.decode(), secret
+                return device.decode(), secret, False
+            if outcome == _QUOTA:
+                raise REGISTRATION_QUOTA
             if outcome == _NEW:
                 self._keep_locally(IDENTITIES, secret_key(new_secret), {"id": device.decode()})
-                return device.decode(), new_secret
+                return device.decode(), new_secret, True
             if outcome == _FULL:
                 raise ProtocolError("no_free_ids", "no free device ids left")
         raise ProtocolError("no_free_ids", "no free device id found; try again")

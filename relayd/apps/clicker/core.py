@@ -158,6 +158,9 @@ def _event_from_bus(data: bytes) -> Event:
 codec.register(b"c", Event, _event_to_bus, _event_from_bus)
 
 
+REGISTRATION_QUOTA = ProtocolError("quota", "too many new devices registered from this address; try again later")
+
+
 class ClickerCore:
     """Identities, which devices are connected, and each device's latest accepted score."""
 
@@ -166,23 +169,43 @@ class ClickerCore:
         self.ids: set[str] = set()
         self.latest: dict[str, Latest] = {}
         self.connections: dict[str, object] = {}  # device id -> its one live connection
+        self.seen: dict[str, float] = {}  # device id -> when it last registered or scored (the clock's seconds)
         self.random_id = random_id or (lambda: f"{secrets_module.randbelow(1_000_000):06d}")
         self.new_secret = new_secret or (lambda: str(uuid.uuid4()))
 
-    def load(self, identities: list[tuple[str, dict]], latest: list[tuple[str, dict]]) -> None:
+    def load(self, identities: list[tuple[str, dict]], latest: list[tuple[str, dict]], now: float = 0.0) -> None:
         for key, value in identities:
             self.by_key[key] = value["id"]
             self.ids.add(value["id"])
+            self.seen[value["id"]] = max(self.seen.get(value["id"], 0.0), value.get("seen", now))
         for device, value in latest:
             self.latest[device] = Latest.from_json(value)
+            self.seen[device] = max(self.seen.get(device, 0.0), value.get("seen", now))
 
-    def identify(self, secret: str | None) -> tuple[str, str, bool]:
+    def unused_since(self, cutoff: float) -> list[tuple[str, list[str]]]:
+        """Devices not seen since cutoff and not connected, each with its identity keys."""
+        keys: dict[str, list[str]] = {}
+        for key, device in self.by_key.items():
+            keys.setdefault(device, []).append(key)
+        return [(device, keys.get(device, [])) for device, seen in self.seen.items()
+                if seen < cutoff and device not in self.connections]
+
+    def forget(self, device: str, keys: list[str]) -> None:
+        for key in keys:
+            self.by_key.pop(key, None)
+        self.ids.discard(device)
+        self.latest.pop(device, None)
+        self.seen.pop(device, None)
+
+    def identify(self, secret: str | None, may_mint: bool = True) -> tuple[str, str, bool]:
         """(device id, secret, whether the identity is new and must be stored)."""
         secret = canonical_secret(secret)
         if secret is not None:
             device = self.by_key.get(secret_key(secret))
             if device is not None:
                 return device, secret, False
+        if not may_mint:
+            raise REGISTRATION_QUOTA
         if len(self.ids) >= 900_000:
             raise _error("no_free_ids", "no free device ids left")
         secret = self.new_secret()

@@ -14,14 +14,18 @@ from relayd.apps.clicker.core import ClickerCore, Score, secret_key
 
 IDENTITIES = "clicker.identity"
 LATEST = "clicker.latest"
+SEEN_RESOLUTION = 86400.0  # a known device's REGISTER rewrites its identity's time at most daily
 
 
 class IClickerState(Interface):
     def start() -> defer.Deferred:
         """Load or prepare what the state needs before the first connection."""
 
-    def identify(secret) -> defer.Deferred:
-        """Fires with (device id, secret) once a new identity is durable."""
+    def identify(secret, may_mint: bool = True) -> defer.Deferred:
+        """
+        Fires with (device id, secret, minted) once a new identity is durable; without may_mint a
+        REGISTER that would mint one fails with the registration quota's ProtocolError.
+        """
 
     def attach(device: str, connection) -> defer.Deferred:
         """
@@ -44,30 +48,45 @@ class IClickerState(Interface):
 
 @implementer(IClickerState)
 class LocalState:
-    def __init__(self, core: ClickerCore, store):
+    def __init__(self, core: ClickerCore, store, clock):
         self.core = core
         self.store = store
+        self.clock = clock
 
     @defer.inlineCallbacks
     def start(self):
         identities = yield self.store.items(IDENTITIES)
         latest = yield self.store.items(LATEST)
-        self.core.load(identities, latest)
+        # identities stored before they carried a time count as seen now
+        self.core.load(identities, latest, self.clock.seconds())
 
     def stop(self):
         pass  # nothing runs between commands
 
     @defer.inlineCallbacks
-    def identify(self, secret):
-        device, secret, new = self.core.identify(secret)
-        if new:
+    def identify(self, secret, may_mint=True):
+        device, secret, new = self.core.identify(secret, may_mint)
+        now = self.clock.seconds()
+        if new or now - self.core.seen.get(device, 0.0) > SEEN_RESOLUTION:
             try:
-                yield self.store.put(IDENTITIES, secret_key(secret), {"id": device})
+                yield self.store.put(IDENTITIES, secret_key(secret), {"id": device, "seen": now})
             except Exception:
-                self.core.by_key.pop(secret_key(secret), None)
-                self.core.ids.discard(device)
+                if new:
+                    self.core.forget(device, [secret_key(secret)])
                 raise
-        return device, secret
+        self.core.seen[device] = now
+        return device, secret, new
+
+    @defer.inlineCallbacks
+    def expire(self, ttl: float):
+        """Remove the identities (and latest scores) of devices unused for ttl seconds; fires with how many."""
+        gone = self.core.unused_since(self.clock.seconds() - ttl)
+        for device, keys in gone:
+            self.core.forget(device, keys)
+            for key in keys:
+                yield self.store.delete(IDENTITIES, key)
+            yield self.store.delete(LATEST, device)
+        return len(gone)
 
     def attach(self, device, connection):
         previous = self.core.attach(device, connection)
@@ -81,8 +100,10 @@ class LocalState:
         if self.core.is_retry(device, score.timestamp):
             return False
         latest = self.core.propose(device, score)
-        yield self.store.put(LATEST, device, latest.to_json())
+        now = self.clock.seconds()
+        yield self.store.put(LATEST, device, {**latest.to_json(), "seen": now})
         self.core.commit(device, latest)
+        self.core.seen[device] = now
         return True
 
     def snapshot(self, ids):
