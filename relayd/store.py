@@ -3,8 +3,14 @@ The durable-state seam: a small namespaced key-value store of JSON values, for w
 restart (device identities, snapshots, running games).
 
 SqliteStore does its I/O on one dedicated database thread (adbapi with a single connection), so a
-write never stalls the reactor and writes are applied in the order they were made. MemoryStore is
-the same interface over a dict, for tests and for deployments that keep nothing.
+write never stalls the reactor. Writes wait in a queue on the reactor side and go to the thread as
+one transaction at a time (group commit: one fsync for everything that waited), and the queue is
+fair between namespaces: a transaction takes at most PER_LANE writes of each namespace, so one
+app's flood of writes never stands between another app and its next commit. A put to a key whose
+previous put has not started yet replaces it in its place in the queue (only the newest value is
+written; both callers hear when it is durable). Otherwise writes to one namespace are applied in
+the order they were made, and reads see the writes still waiting. MemoryStore is the same interface over a dict, for tests and for
+deployments that keep nothing.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from typing import Any
 
 from twisted.enterprise import adbapi
 from twisted.internet import defer
+from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 
@@ -95,6 +102,23 @@ def _open_connection(connection) -> None:
     connection.commit()
 
 
+_DELETE = object()  # a queued write that removes its key
+PER_LANE = 64  # writes of one namespace in one transaction
+MAX_BATCH_BYTES = 4 * 1024 * 1024
+
+
+class _Job:
+    """Writes made by one call, applied in one transaction, and who waits for them to be durable."""
+
+    __slots__ = ("entries", "waiters", "size", "lane")
+
+    def __init__(self, entries: list[tuple[str, str, Any]]):
+        self.entries = entries  # (namespace, key, encoded text or _DELETE)
+        self.waiters: list[defer.Deferred] = []
+        self.size = sum(len(v) if isinstance(v, str) else 16 for _, _, v in entries)
+        self.lane = entries[0][0] if entries else ""
+
+
 @implementer(IStore)
 class SqliteStore:
     def __init__(self, path: str, reactor=None):
@@ -113,6 +137,11 @@ class SqliteStore:
             cp_openfun=_open_connection,
             **kwargs,
         )
+        self._jobs: list[_Job] = []
+        self._single: dict[tuple[str, str], _Job] = {}  # key -> its one-entry job not yet started
+        self._last: dict[str, _Job] = {}  # namespace -> its newest job not yet started
+        self._writing = False
+        self._drained: list[defer.Deferred] = []
         # fail at start-up, in the caller's thread, when the file cannot be a database
         probe = sqlite3.connect(path)
         try:
@@ -120,38 +149,136 @@ class SqliteStore:
         finally:
             probe.close()
 
+    # ---- reads: they see the writes still waiting ----------------------------------------------
+
+    def _waiting(self, namespace: str, key: str):
+        for job in reversed(self._jobs):
+            for ns, k, value in reversed(job.entries):
+                if ns == namespace and k == key:
+                    return value
+        return None
+
     def get(self, namespace, key):
+        waiting = self._waiting(namespace, key)
+        if waiting is _DELETE:
+            return defer.succeed(None)
+        if waiting is not None:
+            return defer.succeed(json.loads(waiting))
         d = self._pool.runQuery("SELECT value FROM kv WHERE ns = ? AND key = ?", (namespace, key))
         d.addCallback(lambda rows: json.loads(rows[0][0]) if rows else None)
         return d
 
-    def put(self, namespace, key, value):
-        return self._pool.runOperation(_UPSERT, (namespace, key, _encode(value)))
-
-    def delete(self, namespace, key):
-        return self._pool.runOperation("DELETE FROM kv WHERE ns = ? AND key = ?", (namespace, key))
-
     def items(self, namespace):
         d = self._pool.runQuery("SELECT key, value FROM kv WHERE ns = ? ORDER BY key", (namespace,))
-        d.addCallback(lambda rows: [(k, json.loads(v)) for k, v in rows])
-        return d
+
+        def overlay(rows):
+            found = dict(rows)
+            for job in self._jobs:
+                for ns, key, value in job.entries:
+                    if ns != namespace:
+                        continue
+                    if value is _DELETE:
+                        found.pop(key, None)
+                    else:
+                        found[key] = value
+            return [(k, json.loads(found[k])) for k in sorted(found)]
+
+        return d.addCallback(overlay)
+
+    # ---- writes ------------------------------------------------------------------------------
+
+    def put(self, namespace, key, value):
+        return self._single_write(namespace, key, _encode(value))
+
+    def delete(self, namespace, key):
+        return self._single_write(namespace, key, _DELETE)
 
     def put_many(self, entries):
-        rows = [(namespace, key, _encode(value)) for namespace, key, value in entries]
-
-        def write(cursor):
-            cursor.executemany(_UPSERT, rows)
-
-        return self._pool.runInteraction(write)
+        return self._enqueue(_Job([(namespace, key, _encode(value)) for namespace, key, value in entries]))
 
     def delete_many(self, entries):
-        rows = list(entries)
+        return self._enqueue(_Job([(namespace, key, _DELETE) for namespace, key in entries]))
 
-        def delete(cursor):
-            cursor.executemany("DELETE FROM kv WHERE ns = ? AND key = ?", rows)
+    def _single_write(self, namespace: str, key: str, value) -> defer.Deferred:
+        waiting = self._single.get((namespace, key))
+        if waiting is not None:
+            # the newest value takes the place of the one that had not started yet
+            d: defer.Deferred = defer.Deferred()
+            waiting.entries = [(namespace, key, value)]
+            waiting.waiters.append(d)
+            return d
+        job = _Job([(namespace, key, value)])
+        self._single[(namespace, key)] = job
+        return self._enqueue(job)
 
-        return self._pool.runInteraction(delete)
+    def _enqueue(self, job: _Job) -> defer.Deferred:
+        d: defer.Deferred = defer.Deferred()
+        if not job.entries:
+            d.callback(None)
+            return d
+        job.waiters.append(d)
+        self._jobs.append(job)
+        self._last[job.lane] = job
+        self._next()
+        return d
+
+    def _next(self) -> None:
+        if self._writing:
+            return
+        if not self._jobs:
+            drained, self._drained = self._drained, []
+            for d in drained:
+                d.callback(None)
+            return
+        batch, left, per_lane, size = [], [], {}, 0
+        for job in self._jobs:
+            taken = per_lane.get(job.lane, 0)
+            if taken < 0 or taken >= PER_LANE or (batch and size + job.size > MAX_BATCH_BYTES):
+                per_lane[job.lane] = -1  # this lane waits for the next transaction from here on
+                left.append(job)
+                continue
+            per_lane[job.lane] = taken + 1
+            size += job.size
+            batch.append(job)
+        self._jobs = left
+        for job in batch:
+            if self._last.get(job.lane) is job:
+                del self._last[job.lane]
+            for namespace, key, _ in job.entries:
+                if self._single.get((namespace, key)) is job:
+                    del self._single[(namespace, key)]
+        rows = [entry for job in batch for entry in job.entries]
+
+        def write(cursor):
+            for namespace, key, value in rows:
+                if value is _DELETE:
+                    cursor.execute("DELETE FROM kv WHERE ns = ? AND key = ?", (namespace, key))
+                else:
+                    cursor.execute(_UPSERT, (namespace, key, value))
+
+        self._writing = True
+        self._pool.runInteraction(write).addBoth(self._written, batch)
+
+    def _written(self, result, batch: list[_Job]) -> None:
+        self._writing = False
+        for job in batch:
+            for d in job.waiters:
+                if isinstance(result, Failure):
+                    d.errback(result)
+                else:
+                    d.callback(None)
+        self._next()
 
     def close(self):
-        self._pool.close()
-        return defer.succeed(None)
+        """Finish the writes still waiting, then release the database thread."""
+        d: defer.Deferred = defer.Deferred()
+        if self._jobs or self._writing:
+            self._drained.append(d)
+        else:
+            d.callback(None)
+
+        def closed(result):
+            self._pool.close()
+            return result
+
+        return d.addBoth(closed)

@@ -111,3 +111,68 @@ class SqliteStoreTests(StoreContract, TestCase):
         again = SqliteStore(self.path)
         self.assertEqual((yield again.get("ids", "secret")), {"id": "000042"})
         yield again.close()
+
+
+class _HeldPool:
+    """Stands in for adbapi: each transaction waits until the test lets it finish, and is recorded."""
+
+    def __init__(self):
+        self.transactions: list[list] = []
+        self.running: list[defer.Deferred] = []
+
+    def runInteraction(self, write):
+        rows = []
+
+        class Cursor:
+            def execute(self, sql, args):
+                rows.append(args)
+
+        write(Cursor())
+        self.transactions.append(rows)
+        d = defer.Deferred()
+        self.running.append(d)
+        return d
+
+    def finish_one(self):
+        self.running.pop(0).callback(None)
+
+    def close(self):
+        pass
+
+
+class StoreFairnessTests(TestCase):
+    def setUp(self):
+        self.store = SqliteStore(os.path.join(tempfile.mkdtemp(), "fair.sqlite3"))
+        self.store._pool.close()
+        self.pool = self.store._pool = _HeldPool()
+
+    def test_a_flood_in_one_namespace_does_not_delay_another(self):
+        """Behind 500 queued snapshot writes, a clicker write is in the next transaction, not the eighth."""
+        for n in range(500):
+            self.store.put("groovejet.rooms", f"room{n}", {"snapshot": "s" * 100})
+        scored = []
+        self.store.put("clicker.latest", "004211", {"score": 1}).addCallback(scored.append)
+        self.pool.finish_one()  # the first snapshot, alone in the transaction that was running
+        self.assertIn(("clicker.latest", "004211", '{"score":1}'), self.pool.transactions[1])
+        self.assertEqual(sum(1 for ns, _, _ in self.pool.transactions[1] if ns == "groovejet.rooms"), 64)
+        self.pool.finish_one()
+        self.assertEqual(scored, [None])
+
+    def test_waiting_puts_to_one_key_are_written_once(self):
+        """Puts to one key that have not started are coalesced: one row, the newest value, every caller told."""
+        self.store.put("groovejet.rooms", "busy", 0)
+        done = []
+        for n in range(100):
+            self.store.put("groovejet.rooms", "k", n).addCallback(done.append)
+        self.pool.finish_one()
+        self.assertEqual(self.pool.transactions[1], [("groovejet.rooms", "k", "99")])
+        self.pool.finish_one()
+        self.assertEqual(len(done), 100)
+
+    def test_reads_see_waiting_writes(self):
+        """A get after a put that is still queued answers the queued value."""
+        self.store.put("ns", "busy", 0)
+        self.store.put("ns", "k", {"v": 2})
+        got = []
+        self.store.get("ns", "k").addCallback(got.append)
+        self.assertEqual(got, [{"v": 2}])
