@@ -405,3 +405,77 @@ class SchedulerTests(TestCase):
         play(h, seats, until=lambda: not app.core.running)
         h.advance(0.05)
         self.assertEqual((app.core.running, app.scheduler.running), ({}, False))
+
+
+class ArchiveBoundsTests(TestCase):
+    """A room's game history costs its size and no more, and is bounded per room and in total."""
+
+    BIG = [{"add": 1, "pad": "x" * 3000}]
+
+    def _game(self, extra=""):
+        h = harness("max_command_bytes = 8192\n" + extra)
+        room_id, seats = new_game(h, plans={0: lambda t: self.BIG, 1: lambda t: self.BIG})
+        return h, room_id, seats
+
+    def test_memory_per_turn_is_the_master_packets_size(self):
+        """Held master packets are allocated at their own size (orjson's output keeps 2-4x capacity)."""
+        import gc
+        import tracemalloc
+
+        h, room_id, seats = self._game()
+        play(h, seats, until=lambda: seats[0].player.executed >= 20)
+        room = h.app("gameroom").core.rooms[room_id]
+        gc.collect()
+        tracemalloc.start()
+        self.addCleanup(tracemalloc.stop)
+        before, turns = tracemalloc.take_snapshot(), len(room.log)
+        play(h, seats, until=lambda: seats[0].player.executed >= 120)
+        after = tracemalloc.take_snapshot()
+        added = room.log[turns:]
+        held = sum(stat.size_diff for stat in after.compare_to(before, "filename")
+                   if stat.traceback[0].filename.endswith(("gameroom/core.py", "ws/frames.py", "jsonutil.py")))
+        self.assertLess(held, 1.25 * sum(len(p) for p in added) + 64 * len(added))
+
+    def test_a_room_past_max_archive_bytes_finishes(self):
+        """A game whose history reaches max_archive_bytes ends with reason archive_full."""
+        h, room_id, seats = self._game("max_archive_bytes = 64K\n")
+        play(h, seats, until=lambda: any(m.get("type") == "finished" for m in seats[0].log))
+        finished = [m for m in seats[0].log if m.get("type") == "finished"]
+        self.assertEqual(finished[0]["reason"], "archive_full")
+        self.assertLessEqual(h.app("gameroom").core.rooms[room_id].log_bytes, 64 * 1024 + 8192)
+
+    def test_total_bound_removes_the_oldest_finished_archive(self):
+        """Past max_archive_total the oldest finished archive goes before its archive_ttl, and creates are refused."""
+        h = harness("max_command_bytes = 8192\nmax_archive_bytes = 40K\nmax_archive_total = 60K\n")
+        core = h.app("gameroom").core
+        first, seats = new_game(h, plans={0: lambda t: self.BIG, 1: lambda t: self.BIG})
+        play(h, seats, until=lambda: core.rooms[first].ended is not None)
+        second, seats = new_game(h, plans={0: lambda t: self.BIG, 1: lambda t: self.BIG})
+        play(h, seats, until=lambda: core.rooms[second].ended is not None)
+        h.advance(1.5)  # housekeeping
+        self.assertNotIn(first, core.rooms)
+        self.assertIn(second, core.rooms)
+        self.assertLessEqual(core.archive_bytes, 60 * 1024)
+
+    def test_deleting_an_archive_reads_only_that_room(self):
+        """An expired archive is deleted by its own keys; no other room's log is read."""
+        store = CountingStore()
+        h = Harness(make_config(APP.format(token=TOKEN, extra="archive_ttl = 5")), store=store).start()
+        core = h.app("gameroom").core
+        room_id, seats = new_game(h, players=1)
+        play(h, seats, until=lambda: seats[0].player.executed >= 5)
+        core.rooms[room_id].ended = h.reactor.seconds()  # as if it had just finished
+        store.reads.clear()
+        h.advance(7)
+        self.assertNotIn(room_id, core.rooms)
+        self.assertNotIn(("items", "gameroom.log"), store.reads)
+
+
+class CountingStore(MemoryStore):
+    def __init__(self):
+        super().__init__()
+        self.reads = []
+
+    def items(self, namespace):
+        self.reads.append(("items", namespace))
+        return super().items(namespace)

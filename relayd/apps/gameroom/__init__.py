@@ -44,6 +44,8 @@ SPEC = AppSpec(
         "max_turn_rate": Option(number(0.1, 1000), 60.0, "Turns per second a room closes at most, however fast packets come."),
         "setup_timeout": Option(number(1), 3600.0, "Seconds a room may stay in setup before it is abandoned."),
         "archive_ttl": Option(number(0), 86400.0, "Seconds a finished game's archive is kept."),
+        "max_archive_bytes": Option(size(1024), 64 * 1024 * 1024, "Master packets one room keeps at most (JSON bytes); a game that reaches it finishes (archive_full)."),
+        "max_archive_total": Option(size(1024), 1024 * 1024 * 1024, "Master packets all rooms keep together; past it the oldest finished archives go early and creates are refused."),
         "persist_interval": Option(number(0.01, 60), 0.2, "Seconds between writes of changed rooms to the store."),
     },
     validate=_validate,

@@ -332,6 +332,7 @@ class GameRoomApp(App):
             max_setup_bytes=o["max_setup_bytes"], max_turns=o["max_turns"], max_turn_rate=o["max_turn_rate"],
             setup_timeout=o["setup_timeout"],
             archive_ttl=o["archive_ttl"], unjoined_timeout=o["unjoined_timeout"],
+            max_archive_bytes=o["max_archive_bytes"], max_archive_total=o["max_archive_total"],
         )
         self.create_quota = AddressQuota(o["creates_per_address"], o["create_window"], self.reactor)
         self.core = GameRoom(self.bus, self.settings)

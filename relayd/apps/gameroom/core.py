@@ -67,6 +67,8 @@ class Settings:
     setup_timeout: float = 3600.0
     archive_ttl: float = 86400.0
     unjoined_timeout: float = 0.0  # rooms created without the token: seconds to their first player; 0 never
+    max_archive_bytes: int = 64 * 1024 * 1024
+    max_archive_total: int = 1024 * 1024 * 1024
 
 
 @attr.s(auto_attribs=True, eq=False)
@@ -117,6 +119,7 @@ class Room:
     ended: float | None = None
     persisted: int = 0
     last_close: float = float("-inf")
+    log_bytes: int = 0
 
     def player(self, pid: str) -> Player | None:
         for p in self.players:
@@ -173,6 +176,7 @@ class GameRoom:
         self.running: dict[str, Room] = {}
         self.dirty: set[str] = set()
         self.deleted: set[str] = set()
+        self.archive_bytes = 0  # the master packets every held room keeps
 
     # ---- rooms -----------------------------------------------------------------------------
 
@@ -182,6 +186,8 @@ class GameRoom:
             raise _err("bad_request", "the body must be a JSON object")
         if len(self.rooms) >= self.settings.max_rooms:
             raise _err("too_many_rooms", "the server holds as many rooms as it may")
+        if self.archive_bytes >= self.settings.max_archive_total:
+            raise _err("too_many_rooms", "the server holds as much game history as it may")
         engine, seed, expected = body.get("engine"), body.get("seed"), body.get("players")
         options = body.get("options", {})
         if not isinstance(engine, str) or not 0 < len(engine) <= 256:
@@ -433,7 +439,12 @@ class GameRoom:
         if timing is not None:
             master["timing"] = timing
         frame = Frame.json(master)
-        room.log.append(frame.payload)  # kept encoded: a fraction of a dict's memory, and sent as it is
+        # kept encoded (a fraction of a dict's memory, sent as it is), and copied to its exact size:
+        # orjson's bytes keep the capacity they grew to, two to four times their length
+        packet = memoryview(frame.payload).tobytes()
+        room.log.append(packet)
+        room.log_bytes += len(packet)
+        self.archive_bytes += len(packet)
         self._broadcast(room, frame)
         room.turn = n + 1
         room.packets = {}
@@ -450,6 +461,9 @@ class GameRoom:
         self.dirty.add(room.id)
         if room.turn >= room.settings.max_turns:
             self._finish(room, now, "max_turns")
+            return
+        if room.log_bytes >= room.settings.max_archive_bytes:
+            self._finish(room, now, "archive_full")
             return
         self._refresh_state(room, now)
 
@@ -550,10 +564,21 @@ class GameRoom:
                 elif unjoined and not room.players and now - room.created >= unjoined:
                     self._abandon(room, now, "unjoined")
             if room.ended is not None and now - room.ended >= room.settings.archive_ttl:
-                del self.rooms[room.id]
-                self.running.pop(room.id, None)
-                self.dirty.discard(room.id)
-                self.deleted.add(room.id)
+                self._delete(room)
+        # past the total, the oldest finished archives go first, before their time
+        if self.archive_bytes > self.settings.max_archive_total:
+            finished = sorted((r for r in self.rooms.values() if r.ended is not None), key=lambda r: r.ended)
+            for room in finished:
+                if self.archive_bytes <= self.settings.max_archive_total:
+                    break
+                self._delete(room)
+
+    def _delete(self, room: Room) -> None:
+        del self.rooms[room.id]
+        self.running.pop(room.id, None)
+        self.dirty.discard(room.id)
+        self.deleted.add(room.id)
+        self.archive_bytes -= room.log_bytes
 
     def _abandon(self, room: Room, now: float, reason: str) -> None:
         room.state = states.transition(room.state, "abandon")
@@ -577,11 +602,14 @@ class GameRoom:
         elif room.state == states.SETUP:
             room.players = []  # setup seats do not outlive their connections
         self.rooms[room.id] = room
+        self.archive_bytes += room.log_bytes
         return room
 
     def drop(self, room_id: str) -> None:
         """Stop holding a room without deleting it from the store (another node holds it now)."""
-        self.rooms.pop(room_id, None)
+        room = self.rooms.pop(room_id, None)
+        if room is not None:
+            self.archive_bytes -= room.log_bytes
         self.running.pop(room_id, None)
         self.dirty.discard(room_id)
 
@@ -596,5 +624,6 @@ class GameRoom:
                     hashes={int(k): v for k, v in meta["hashes"].items()}, events=meta["events"],
                     started=meta["started"], ended=meta["ended"], log=[p.encode() for p in log[:meta["turn"]]],
                     persisted=meta["turn"])
+        room.log_bytes = sum(len(p) for p in room.log)
         room.players = [Player(**p) for p in meta["players"]]
         return room

@@ -14,6 +14,8 @@ import json
 from twisted.internet import defer
 from zope.interface import Interface, implementer
 
+from relayd.apps.gameroom.core import LOG_CHUNK
+
 META = "gameroom.room"
 LOG = "gameroom.log"
 
@@ -43,12 +45,17 @@ class LocalRoomStore:
         entries = []
         for meta, chunks in rooms:
             entries.append((META, meta["id"], meta))
-            entries.extend((LOG, f"{meta['id']}:{index:08d}", chunk) for index, chunk in chunks.items())
+            entries.extend((LOG, _chunk_key(meta["id"], index), chunk) for index, chunk in chunks.items())
         if entries:
             yield self.store.put_many(entries)
-        if deleted:
-            keys = [(LOG, key) for key, _ in (yield self.store.items(LOG)) if key.rpartition(":")[0] in deleted]
-            yield self.store.delete_many([(META, room_id) for room_id in deleted] + keys)
+        removed = []
+        for room_id in deleted:
+            # a room's meta says how long its log is: only its own chunks are touched
+            meta = yield self.store.get(META, room_id)
+            removed.append((META, room_id))
+            removed.extend((LOG, key) for key in _chunk_keys(room_id, meta))
+        if removed:
+            yield self.store.delete_many(removed)
 
     @defer.inlineCallbacks
     def load_all(self):
@@ -60,10 +67,24 @@ class LocalRoomStore:
 
     @defer.inlineCallbacks
     def load(self, room_id):
-        for meta, log in (yield self.load_all()):
-            if meta["id"] == room_id:
-                return meta, log
-        return None
+        meta = yield self.store.get(META, room_id)
+        if meta is None:
+            return None
+        chunks = {}
+        for index, key in enumerate(_chunk_keys(room_id, meta)):
+            chunk = yield self.store.get(LOG, key)
+            if chunk is not None:
+                chunks[index] = chunk
+        return meta, _joined(chunks)
+
+
+def _chunk_key(room_id: str, index: int) -> str:
+    return f"{room_id}:{index:08d}"
+
+
+def _chunk_keys(room_id: str, meta: dict | None) -> list[str]:
+    length = (meta or {}).get("log_length", 0)
+    return [_chunk_key(room_id, index) for index in range((length + LOG_CHUNK - 1) // LOG_CHUNK)]
 
 
 @implementer(IRoomStore)
