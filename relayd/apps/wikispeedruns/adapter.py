@@ -172,7 +172,7 @@ class WikiSpeedrunsApp(App):
         self.keeper = None
         o = self.options
         bounds = dict(clock=self.reactor, max_name_length=o["max_name_length"], max_group_size=o["max_group_size"],
-                      roster_interval=o["roster_interval"])
+                      roster_interval=o["roster_interval"], roster_bytes_per_second=o["roster_bytes_per_second"])
         self.join_quota = AddressQuota(o["joins_per_address"], o["join_window"], self.reactor)
         if self.cluster is None:
             self.core = WikiSpeedruns(self.bus, verifier, **bounds)

@@ -149,7 +149,7 @@ class Group:
     """The waiters of one group on this node, and the one bus subscription that feeds them."""
 
     __slots__ = ("key", "channel", "waiters", "subscription", "version", "last_update",
-                 "pending", "published", "last_publish", "timer")
+                 "pending", "published", "next_publish", "timer")
 
     def __init__(self, key: str):
         self.key = key
@@ -161,7 +161,7 @@ class Group:
         # this node's own roster changes, sent at most once per roster_interval (the newest wins)
         self.pending: RosterUpdate | None = None
         self.published = 0
-        self.last_publish = float("-inf")
+        self.next_publish = float("-inf")
         self.timer = None
 
     def deliver(self, message) -> None:
@@ -186,13 +186,15 @@ class WikiSpeedruns:
     """
     Lobby groups are bounded: names at most max_name_length characters as sent, at most
     max_group_size waiters in a group on this node, and a group's roster goes out at most once per
-    roster_interval seconds (the newest names; the first change at once), so joins and leaves
-    cost the others a bounded rate of updates however fast they come.
+    roster_interval seconds and within roster_bytes_per_second of writing (the newest names; the
+    first change at once), so joins and leaves cost the others a bounded rate of writes however
+    fast they come.
     """
 
     def __init__(self, bus: IBus, verifier: TokenVerifier | None = None, roster: IRoster | None = None,
                  new_member: Callable[[], str] | None = None, *, clock=None, max_name_length: int = 64,
-                 max_group_size: int = 500, roster_interval: float = 0.1):
+                 max_group_size: int = 500, roster_interval: float = 0.1,
+                 roster_bytes_per_second: float = 2 * 1024 * 1024):
         self.bus = bus
         self.verifier = verifier
         self.roster = roster if roster is not None else MemoryRoster()
@@ -204,6 +206,7 @@ class WikiSpeedruns:
         self.max_name_length = max_name_length
         self.max_group_size = max_group_size
         self.roster_interval = roster_interval
+        self.roster_bytes_per_second = roster_bytes_per_second
 
     # ---- lobby prompt start ------------------------------------------------------------------
 
@@ -275,7 +278,7 @@ class WikiSpeedruns:
         group.pending = update
         if group.timer is not None:
             return  # the send already scheduled takes the newest
-        wait = group.last_publish + self.roster_interval - self.clock.seconds()
+        wait = group.next_publish - self.clock.seconds()
         if wait <= 0:
             self._flush_roster(group)
         else:
@@ -286,7 +289,9 @@ class WikiSpeedruns:
         update, group.pending = group.pending, None
         if update is None:
             return
-        group.last_publish = self.clock.seconds()
+        # what this roster costs to send to everyone here sets how long until the next one may go
+        cost = len(update.frame.wire) * len(group.waiters)
+        group.next_publish = self.clock.seconds() + max(self.roster_interval, cost / self.roster_bytes_per_second)
         group.published = update.version
         self.bus.publish(group.channel, update)
 

@@ -1,0 +1,105 @@
+"""
+Figures for docs/security.md: what each abuse of issue-sized scale costs relayd now, on the shipped
+configuration, in memory (no sockets; the memory reactor's clock advanced at the attack's rate).
+
+    .venv/bin/python bench/hostile.py
+
+Prints one JSON object per attack.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from twisted.logger import globalLogPublisher  # noqa: E402
+
+from tests.test_shipped_config import shipped  # noqa: E402
+
+
+def sample(h, name: str, labels: dict) -> float:
+    return h.service.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def groovejet_rooms(requests: int = 2000) -> dict:
+    """Anonymous POST rooms from one address, as fast as the test client sends them."""
+    h = shipped()
+    answers: dict[int, int] = {}
+    for _ in range(requests):
+        status = h.http("POST", "/groovejet/rooms")[0]
+        answers[status] = answers.get(status, 0) + 1
+    held = len(h.app("groovejet").core.rooms)
+    h.advance(31)
+    return {"attack": "groovejet POST rooms from one address", "requests": requests, "answers": answers,
+            "rooms_held": held, "rooms_left_after_31s": len(h.app("groovejet").core.rooms)}
+
+
+def wikispeedruns_flood(joins: int = 300, name: str = "dan") -> dict:
+    """Joins with one name (each renamed "also ...") into a lobby with one real member, 300 a second."""
+    h = shipped()
+    member = h.ws("/wikispeedruns")
+    member.send_json({"type": "wait_start", "user": "real", "lobby_id": 1, "prompt_id": 1})
+    h.flush()
+    h.advance(0.2)
+    member.take()
+    sent = 0
+    for n in range(joins):
+        c = h.ws("/wikispeedruns", host=f"10.1.{n // 200}.{n % 200 + 1}")
+        text = json.dumps({"type": "wait_start", "user": name, "lobby_id": 1, "prompt_id": 1})
+        sent += len(text)
+        c.send_text(text)
+        h.advance(1 / 300)
+    h.flush()
+    h.advance(0.2)
+    written = sample(h, "relayd_sent_bytes_total", {"app": "wikispeedruns"})
+    return {"attack": f"{joins} joins named {name!r} from {joins} addresses", "bytes_sent_by_attacker": sent,
+            "bytes_relayd_wrote": int(written), "ratio": round(written / sent, 1),
+            "rosters_the_real_member_got": sum(1 for m in member.json_messages() if m.get("type") == "update"),
+            "real_member_closed": member.closed}
+
+
+def clicker_registrations(attempts: int = 2000) -> dict:
+    h = shipped()
+    minted = refused = 0
+    for _ in range(attempts):
+        c = h.ws("/clicker/ws")
+        c.send_text("REGISTER")
+        h.flush()
+        reply = c.take()[0]
+        minted += reply.startswith("REGISTERED")
+        refused += reply.startswith("ERROR quota")
+        c.sendClose(1000)
+        h.flush()
+    return {"attack": "anonymous REGISTER from one address", "attempts": attempts, "identities_minted": minted,
+            "refused": refused, "hours_to_fill_900000_ids_from_one_address": round(900_000 / 200, 0)}
+
+
+def clicker_unknown_verbs(lines: int = 10_000) -> dict:
+    events: list = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        h = shipped()
+        c = h.ws("/clicker/ws")
+        for n in range(lines):
+            if c.closed:
+                break
+            c.send_text(f"NOPE{n}")
+            if n % 50 == 0:
+                h.advance(1.0)
+        h.flush()
+        c.sendClose(1000)
+        h.flush()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    logged = [e for e in events if e.get("app") == "clicker"]
+    return {"attack": "unknown clicker verbs at 50/s", "sent_until_closed": n + 1, "close_code": c.close_code,
+            "log_lines": len(logged)}
+
+
+if __name__ == "__main__":
+    for figure in (groovejet_rooms(), wikispeedruns_flood(), wikispeedruns_flood(name="x" * 64),
+                   clicker_registrations(), clicker_unknown_verbs()):
+        print(json.dumps(figure))
