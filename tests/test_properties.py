@@ -23,6 +23,14 @@ json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=
 CORNERS = [
     "1e400", "-1e400", "NaN", "Infinity", '"\\ud800"', '{"type": "\\udfff"}', "[" * 2000 + "]" * 2000,
     "9" * 5000, '{"a": ' * 500 + "1" + "}" * 500, "", " ", "null", "{}", "[]", '{"type": null}',
+    # just past and just inside the one nesting bound, and deep values inside each app's own messages
+    "[" * 65 + "]" * 65, "[" * 64 + "]" * 64, "[" * 961 + "]" * 961,
+    '{"type": "commands", "turn": 0, "commands": [' + "[" * 961 + "]" * 961 + "]}",
+    '{"type": "snapshot", "data": ' + "[" * 990 + "]" * 990 + "}",
+    '{"type": "guestOfferSignal", "data": {"offerSignal": ' + "[" * 990 + "]" * 990 + "}}",
+    '{"type": "setup", "changes": {"a": ' + "[" * 980 + "]" * 980 + "}}",
+    '{"action": "login_client", "server_code": "SNEK", "client_id": ' + "[" * 980 + "]" * 980 + "}",
+    "SCORE  5 6", "SCORE 5  6", "REGISTER  x", "LISTEN " + ",".join(f"{n:06d}" for n in range(200)),
 ]
 
 
