@@ -67,6 +67,7 @@ class RelaydService(MultiService):
             )
             app = APPS[name].build(ctx)
             self.apps[name] = app
+            app.services.setServiceParent(self)
             self.metrics.count_rooms(name, app.room_count)
             for listener_name in app_config.listeners:
                 listener = self.listeners[listener_name]

@@ -73,6 +73,16 @@ def get(daemon: Daemon, path: str):
     return response.code, body.decode()
 
 
+
+def stop_periodic(service) -> None:
+    """Stop a service's periodic work as a crash would: no more renewals or heartbeats from it."""
+    from relayd.periodic import Periodic
+
+    for child in list(service):
+        if isinstance(child, Periodic) and child.running:
+            child.stopService()
+
+
 class ClusterTestCase(TestCase):
     timeout = 60
 
@@ -258,7 +268,7 @@ class LobbyAcrossNodes(ClusterTestCase):
         yield until(lambda: last_users(ann) == ["ann", "bob"], what="ann to see bob")
         # node b dies: its Redis connections and its presence stop as in a crash
         b.service.cluster.stopService = lambda: None
-        b.service.cluster._heartbeat.stop()
+        stop_periodic(b.service.cluster)
         yield b.service.bus.stopService()
         yield until(lambda: last_users(ann) == ["ann"], seconds=10, what="bob to be swept")
         for client in (ann, bob):
@@ -368,9 +378,9 @@ class CarPartyAcrossNodes(ClusterTestCase):
         server, (phone,) = yield self.server_and_phones(a, [b])
         a.service.cluster.stopService = lambda: None
         a.apps_keeper = a.service.apps["carparty"].keeper
-        a.apps_keeper.leases._renewer.stop()
+        stop_periodic(a.apps_keeper.leases)
         a.apps_keeper.leases.stopService = lambda: None
-        a.service.cluster._heartbeat.stop()
+        stop_periodic(a.service.cluster)
         yield a.service.bus.stopService()
         self.assertEqual((yield phone.when_closed), 1000)
         again = yield b.connect("/carparty")
@@ -484,7 +494,7 @@ class ClickerAcrossNodes(ClusterTestCase):
         device, device_id, _ = yield self.register(b)
         listener = yield self.listen(a, device_id)
         b.service.cluster.stopService = lambda: None
-        b.service.cluster._heartbeat.stop()
+        stop_periodic(b.service.cluster)
         yield b.service.bus.stopService()
         yield until(lambda: f"DISCONNECT {device_id}" in listener.messages, what="the dead node's device to disconnect")
         for client in (device, listener):
@@ -659,9 +669,9 @@ class GroovejetAcrossNodes(ClusterTestCase):
         host_token, guest_token = self.identity(host)["reconnectToken"], self.identity(guest)["reconnectToken"]
         a.service.cluster.stopService = lambda: None
         keeper = a.service.apps["groovejet"].router
-        keeper.leases._renewer.stop()
+        stop_periodic(keeper.leases)
         keeper.leases.stopService = lambda: None
-        a.service.cluster._heartbeat.stop()
+        stop_periodic(a.service.cluster)
         yield a.service.bus.stopService()
         self.assertEqual((yield host.when_closed), 1012)
         self.assertEqual((yield guest.when_closed), 1012)
@@ -781,11 +791,11 @@ class GameroomAcrossNodes(ClusterTestCase):
         yield later(0.5)  # the last turns reach the players and node a writes them
         a.service.cluster.stopService = lambda: None
         router = a.service.apps["gameroom"].router
-        router.leases._renewer.stop()
+        stop_periodic(router.leases)
         router.leases.stopService = lambda: None
         a.service.apps["gameroom"].scheduler.stop()
-        a.service.apps["gameroom"]._persist.stop()
-        a.service.cluster._heartbeat.stop()
+        stop_periodic(a.service.apps["gameroom"].services)
+        stop_periodic(a.service.cluster)
         yield a.service.bus.stopService()
         for p in players:
             self.assertEqual((yield p.client.when_closed), 1012)

@@ -12,12 +12,14 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping
 
 import attr
+from twisted.application.service import MultiService
 from twisted.web.resource import Resource
 
 from relayd.bus import IBus
 from relayd.config.model import AppConfig, Limits
 from relayd.config.schema import Option
 from relayd.metrics import AppMetrics
+from relayd.periodic import Periodic
 from relayd.store import IStore
 
 
@@ -56,6 +58,15 @@ class App:
         self.metrics = ctx.metrics
         self.options = ctx.options
         self.cluster = ctx.cluster
+        # the app's periodic work; the daemon parents it, so it starts after start() and stops before stop()
+        self.services = MultiService()
+
+    def every(self, name: str, interval: float, function, *, now: bool = False) -> Periodic:
+        """Run function every interval seconds while the daemon runs; its errors are logged and counted."""
+        periodic = Periodic(f"{self.ctx.name} {name}", interval, function, clock=self.reactor, now=now,
+                            on_error=self.metrics.parent.tick_errors.labels(self.ctx.name).inc)
+        periodic.setServiceParent(self.services)
+        return periodic
 
     def http_resource(self) -> Resource | None:
         """HTTP endpoints under the mount path, or None."""

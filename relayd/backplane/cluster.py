@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from typing import Callable
 
-from twisted.application.service import Service
+from twisted.application.service import MultiService
 from twisted.internet import defer
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from txredisapi import ConnectionError as RedisConnectionError
 
 from relayd.backplane.redisbus import RedisBus
+from relayd.periodic import Periodic
 
 _log = Logger()
 
@@ -30,16 +30,16 @@ def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
 
-class Cluster(Service):
+class Cluster(MultiService):
     def __init__(self, bus: RedisBus, *, clock, node_timeout: float = 10.0):
+        super().__init__()
         self.bus = bus
         self.clock = clock
         self.node_timeout = node_timeout
         self.node_id = bus.node_id.decode("ascii")
         self.prefix = bus.key_prefix
         self._reconnected: list[Callable[[], None]] = []
-        self._heartbeat = LoopingCall(self._beat)
-        self._heartbeat.clock = clock
+        Periodic("cluster heartbeat", node_timeout / 3, self._beat, clock=clock).setServiceParent(self)
         bus.publisher_listeners.append(self._publisher_up)
 
     def key(self, *parts: str) -> str:
@@ -90,17 +90,8 @@ class Cluster(Service):
             lambda f: _log.warn("cluster: presence not renewed: {why}", why=f.getErrorMessage())
         )
 
-    def startService(self):
-        super().startService()
-        # the errback keeps a tick that raises from stopping the LoopingCall for good
-        self._heartbeat.start(self.node_timeout / 3, now=True).addErrback(
-            lambda f: _log.failure("cluster: heartbeat stopped", f)
-        )
-
     def stopService(self):
         super().stopService()
-        if self._heartbeat.running:
-            self._heartbeat.stop()
         if self.up:
             # leaving on purpose: the others need not wait node_timeout to see it gone
             return self.call("DEL", self.node_key(self.node_id)).addErrback(lambda f: None)

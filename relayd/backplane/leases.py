@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from typing import Callable
 
-from twisted.application.service import Service
+from twisted.application.service import MultiService
 from twisted.internet import defer
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from relayd.backplane.cluster import Cluster, Unavailable
+from relayd.periodic import Periodic
 
 _log = Logger()
 
@@ -46,14 +46,15 @@ return 0
 _RENEW_BATCH = 500
 
 
-class Leases(Service):
+class Leases(MultiService):
     def __init__(self, cluster: Cluster, namespace: str, *, clock, lost: Callable[[str], None]):
+        super().__init__()
         self.cluster = cluster
         self.namespace = namespace
         self.lost = lost
         self.held: set[str] = set()
-        self._renewer = LoopingCall(self.renew)
-        self._renewer.clock = clock
+        Periodic(f"{namespace} lease renewals", cluster.node_timeout / 3, self.renew, clock=clock,
+                 now=False).setServiceParent(self)
         cluster.when_reconnected(self.renew)
 
     @property
@@ -111,15 +112,7 @@ class Leases(Service):
         if not failure.check(Unavailable):
             _log.failure("renewing leases failed", failure)
 
-    def startService(self):
-        super().startService()
-        self._renewer.start(self.cluster.node_timeout / 3, now=False).addErrback(
-            lambda f: _log.failure("lease renewals stopped", f)
-        )
-
     def stopService(self):
         super().stopService()
-        if self._renewer.running:
-            self._renewer.stop()
         for name in list(self.held):
             self.release(name)

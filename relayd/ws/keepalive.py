@@ -16,9 +16,9 @@ import math
 from itertools import cycle
 
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 
-_log = Logger()
+from relayd.periodic import guarded
+
 
 PING = b"\x89\x00"  # FIN + ping, no mask, no payload: servers send unmasked frames
 
@@ -35,7 +35,8 @@ class Keepalive:
         self._expiring: dict[int, list] = {}
         self._ticks = 0
         self._size = 0
-        self._loop = LoopingCall(self._tick)
+        # runs only while there are connections to watch; guarded: one connection never stops it
+        self._loop = LoopingCall(guarded("keepalive tick", self._tick))
         self._loop.clock = clock
 
     def __len__(self) -> int:
@@ -63,27 +64,23 @@ class Keepalive:
             self._expiring.clear()
 
     def _tick(self) -> None:
-        # a LoopingCall whose function raises stops for good: keep going whatever one connection does
-        try:
-            self._ticks += 1
-            for connection in self._expiring.pop(self._ticks, ()):
-                if connection.keepalive_slot is None:
-                    continue
-                connection.ping_outstanding = False
-                if connection.heard:
-                    connection.heard = False
-                else:
-                    connection.keepalive_expired()
-            pinged = []
-            for connection in list(self._wheel[self._ticks % self.slots]):
-                if connection.ping_outstanding:
-                    continue  # a timeout longer than the interval: its answer is still awaited
-                if connection.heard:
-                    connection.heard = False
-                elif connection.keepalive_ping():
-                    connection.ping_outstanding = True
-                    pinged.append(connection)
-            if pinged:
-                self._expiring[self._ticks + self.timeout_ticks] = pinged
-        except Exception:
-            _log.failure("keepalive tick failed; keepalive keeps running")
+        self._ticks += 1
+        for connection in self._expiring.pop(self._ticks, ()):
+            if connection.keepalive_slot is None:
+                continue
+            connection.ping_outstanding = False
+            if connection.heard:
+                connection.heard = False
+            else:
+                connection.keepalive_expired()
+        pinged = []
+        for connection in list(self._wheel[self._ticks % self.slots]):
+            if connection.ping_outstanding:
+                continue  # a timeout longer than the interval: its answer is still awaited
+            if connection.heard:
+                connection.heard = False
+            elif connection.keepalive_ping():
+                connection.ping_outstanding = True
+                pinged.append(connection)
+        if pinged:
+            self._expiring[self._ticks + self.timeout_ticks] = pinged

@@ -391,7 +391,7 @@ class SchedulerTests(TestCase):
         scheduler.stop()
 
 
-class SchedulerTests(TestCase):
+class IdleSchedulerTests(TestCase):
     def test_ticks_run_only_while_a_game_runs(self):
         """No tick wakes the reactor while no game runs; ticks start with a game and stop once it is over."""
         h = harness()

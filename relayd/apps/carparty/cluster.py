@@ -10,13 +10,13 @@ one was cut off from Redis for longer than node_timeout.
 from __future__ import annotations
 
 from twisted.application.service import MultiService
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from relayd.apps.carparty.core import CarParty, ICodes
 from relayd.backplane.cluster import Cluster, Unavailable
 from relayd.backplane.leases import Leases
+from relayd.periodic import Periodic
 
 _log = Logger()
 
@@ -43,8 +43,8 @@ class CodeKeeper(MultiService):
         self.core: CarParty | None = None
         self.leases = Leases(cluster, "carparty:server", clock=clock, lost=self._lost)
         self.leases.setServiceParent(self)
-        self._watch = LoopingCall(self.check_phones)
-        self._watch.clock = clock
+        Periodic("carparty phone checks", cluster.node_timeout / 2, self.check_phones, clock=clock,
+                 now=False).setServiceParent(self)
 
     def codes(self) -> LeasedCodes:
         return LeasedCodes(self.leases)
@@ -67,13 +67,4 @@ class CodeKeeper(MultiService):
         if not failure.check(Unavailable):
             _log.failure("carparty: checking a server's lease failed", failure)
 
-    def startService(self):
-        super().startService()
-        self._watch.start(self.cluster.node_timeout / 2, now=False).addErrback(
-            lambda f: _log.failure("carparty: phone checks stopped", f)
-        )
 
-    def stopService(self):
-        if self._watch.running:
-            self._watch.stop()
-        return super().stopService()

@@ -32,7 +32,6 @@ With [bus] backend = redis identities, latest scores and who is connected are sh
 from __future__ import annotations
 
 from twisted.internet import defer
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from relayd.apps.base import App
@@ -210,19 +209,14 @@ class ClickerApp(App):
             self.state = LocalState(self.core, self.store, self.reactor)
         else:
             self.state = RedisState(self.core, self.cluster, self.bus, self.store, clock=self.reactor)
-        self.expiry = LoopingCall(self._expire)
-        self.expiry.clock = self.reactor
+        if o["identity_ttl"]:
+            self.every("identity expiry", 3600.0, self._expire, now=True)
         self._ready = False
         self._waiting: list[defer.Deferred] = []
 
     @defer.inlineCallbacks
     def _expire(self):
-        # a LoopingCall whose function fails stops for good: this one catches its own errors
-        try:
-            gone = yield self.state.expire(self.options["identity_ttl"] * 86400.0)
-        except Exception:
-            _log.failure("clicker: expiring unused identities failed; it runs again in an hour")
-            return
+        gone = yield self.state.expire(self.options["identity_ttl"] * 86400.0)
         if gone:
             _log.info("clicker: removed {count} identities unused for {days} days", count=gone,
                       days=self.options["identity_ttl"])
@@ -231,16 +225,12 @@ class ClickerApp(App):
     @defer.inlineCallbacks
     def start(self):
         yield self.state.start()
-        if self.options["identity_ttl"]:
-            self.expiry.start(3600.0, now=True)
         self._ready = True
         waiting, self._waiting = self._waiting, []
         for d in waiting:
             d.callback(None)
 
     def stop(self):
-        if self.expiry.running:
-            self.expiry.stop()
         return self.state.stop()
 
     def when_ready(self) -> defer.Deferred:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import itertools
 
 from twisted.internet import defer
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -34,6 +33,7 @@ from relayd.apps.clicker.state import IDENTITIES, LATEST, IClickerState
 from relayd.backplane import codec
 from relayd.backplane.cluster import Cluster, Unavailable
 from relayd.errors import ProtocolError
+from relayd.periodic import Periodic
 
 _log = Logger()
 
@@ -129,8 +129,7 @@ class RedisState:
         self._tokens = itertools.count(1)
         self._holders: dict[object, tuple[str, object]] = {}  # connection -> (holder text, owner subscription)
         self._pending_detach: list[tuple[str, str]] = []  # detaches Redis did not take while it was away
-        self._sweeper = LoopingCall(self.sweep)
-        self._sweeper.clock = clock
+        self._sweeper = Periodic("clicker online sweeps", cluster.node_timeout / 2, self.sweep, clock=clock, now=False)
         cluster.when_reconnected(self._reconnected)
         bus.subscriber_listeners.append(self.resend_latest)
 
@@ -138,14 +137,12 @@ class RedisState:
         return self.cluster.key("clicker", name)
 
     def start(self):
-        self._sweeper.start(self.cluster.node_timeout / 2, now=False).addErrback(
-            lambda f: _log.failure("clicker: online sweeps stopped", f)
-        )
+        self._sweeper.startService()
         return defer.succeed(None)
 
     def stop(self):
         if self._sweeper.running:
-            self._sweeper.stop()
+            self._sweeper.stopService()
 
     def expire(self, ttl: float):
         """Identities in Redis are not expired yet (docs/protocols/clicker.md, "On several nodes")."""

@@ -30,7 +30,6 @@ from urllib.parse import parse_qs, urlsplit
 
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet import defer
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
@@ -350,10 +349,8 @@ class GameRoomApp(App):
             on_error=self.metrics.parent.tick_errors.labels(ctx.name).inc,
             lateness=self.metrics.parent.tick_lateness.labels(ctx.name).observe,
         )
-        self._persist = LoopingCall(self._flush)
-        self._persist.clock = self.reactor
-        self._housekeeping = LoopingCall(self._keep_house)
-        self._housekeeping.clock = self.reactor
+        self.every("housekeeping", 1.0, lambda: self.core.housekeeping(self.reactor.seconds()))
+        self.every("persistence", self.options["persist_interval"], self._flush)
         self._flushing: defer.Deferred | None = None
         self._stopping = False
 
@@ -368,14 +365,6 @@ class GameRoomApp(App):
         if self.core.running and not self.scheduler.running and not self._stopping:
             self.scheduler.start()
 
-    def _keep_house(self) -> None:
-        # a LoopingCall whose function raises stops for good: this one catches its own errors
-        try:
-            self.core.housekeeping(self.reactor.seconds())
-        except Exception:
-            _log.failure("gameroom: housekeeping failed; it runs again in a second")
-            self.metrics.parent.tick_errors.labels(self.ctx.name).inc()
-
     @defer.inlineCallbacks
     def start(self):
         now = self.reactor.seconds()
@@ -387,8 +376,6 @@ class GameRoomApp(App):
         if self.router is not None:
             self.router.startService()
         self.ensure_ticking()
-        self._housekeeping.start(1.0, now=False)
-        self._persist.start(self.options["persist_interval"], now=False)
 
     def _flush(self):
         """Write every changed room's state and new log chunks together."""
@@ -438,10 +425,6 @@ class GameRoomApp(App):
     def stop(self):
         self._stopping = True
         self.scheduler.stop()
-        if self._housekeeping.running:
-            self._housekeeping.stop()
-        if self._persist.running:
-            self._persist.stop()
         if self._flushing is not None:
             yield self._flushing
         self._flush()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from twisted.application.service import MultiService
 from twisted.internet import defer
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from relayd.apps.gameroom.roomstore import RedisRoomStore
@@ -18,6 +17,7 @@ from relayd.backplane.cluster import Cluster
 from relayd.backplane.leases import Leases
 from relayd.backplane.pipes import MOVED, SERVICE_RESTART, Pipes, RemoteEnd
 from relayd.errors import ProtocolError
+from relayd.periodic import Periodic
 
 _log = Logger()
 
@@ -43,8 +43,8 @@ class Router(MultiService):
         self.store = RedisRoomStore(cluster)
         self.remote_class = type("RemoteGameSession", (RemoteGame, session_class), {})
         self.pipes = Pipes(app.bus, cluster, "gameroom", app.metrics, self._open_remote)
-        self._loop = LoopingCall(self.keep)
-        self._loop.clock = clock
+        Periodic("gameroom pipe checks", cluster.node_timeout / 2, self.keep, clock=clock,
+                 now=False).setServiceParent(self)
 
     def claim(self, room_id: str) -> defer.Deferred:
         return self.leases.claim(room_id)
@@ -107,12 +107,4 @@ class Router(MultiService):
                 end.close(SERVICE_RESTART, MOVED)
         self.app.core.drop(room_id)
 
-    def startService(self):
-        super().startService()
-        self._loop.start(self.cluster.node_timeout / 2, now=False).addErrback(
-            lambda f: _log.failure("gameroom: pipe checks stopped", f))
 
-    def stopService(self):
-        if self._loop.running:
-            self._loop.stop()
-        return super().stopService()

@@ -1,7 +1,8 @@
 """
 The lock-step tick scheduler: one LoopingCall for every running room of the app, on an injectable
-clock. It catches and logs its own errors, because a LoopingCall whose function raises stops for
-good, and it measures how late each tick runs.
+clock, running only while a game runs. Its tick goes through relayd.periodic.guarded, the daemon's
+one error policy for periodic work (a LoopingCall whose function raises stops for good), and it
+measures how late each tick runs.
 """
 
 from __future__ import annotations
@@ -9,17 +10,14 @@ from __future__ import annotations
 from typing import Callable
 
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
-
-_log = Logger()
+from relayd.periodic import guarded
 
 
 class TickScheduler:
     def __init__(self, clock, interval: float, tick: Callable[[float], None], *, on_error=None, lateness=None):
         self.clock = clock
         self.interval = interval
-        self._tick = tick
-        self._on_error = on_error
+        self._tick = guarded("gameroom tick", tick, on_error)
         self._lateness = lateness
         self._loop = LoopingCall(self._run)
         self._loop.clock = clock
@@ -43,9 +41,4 @@ class TickScheduler:
             self._lateness(max(0.0, now - self._expected))
         # LoopingCall skips intervals it missed; the next tick is due on the grid after now
         self._expected = now + self.interval - ((now - (self._expected or now)) % self.interval)
-        try:
-            self._tick(now)
-        except Exception:
-            _log.failure("tick failed; the scheduler keeps running")
-            if self._on_error is not None:
-                self._on_error()
+        self._tick(now)

@@ -21,7 +21,6 @@ import secrets
 
 from twisted.application.service import MultiService
 from twisted.internet import defer
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from relayd import jsonutil
@@ -30,6 +29,7 @@ from relayd.backplane.cluster import Cluster, Unavailable
 from relayd.backplane.leases import Leases
 from relayd.backplane.pipes import MOVED, SERVICE_RESTART, Pipes, RemoteEnd
 from relayd.errors import ProtocolError
+from relayd.periodic import Periodic
 from relayd.ws import closecodes
 from relayd.ws.frames import Frame
 
@@ -113,8 +113,8 @@ class Router(MultiService):
         self.directory = Directory(cluster, self.leases, record_ttl)
         self.remote_class = type("RemoteSession", (RemoteClient, session_class), {})
         self.pipes = Pipes(app.bus, cluster, "groovejet", app.metrics, self._open_remote)
-        self._loop = LoopingCall(self.keep)
-        self._loop.clock = clock
+        Periodic("groovejet room upkeep", cluster.node_timeout / 3, self.keep, clock=clock,
+                 now=False).setServiceParent(self)
 
     # ---- where a client goes -------------------------------------------------------------------
 
@@ -245,12 +245,4 @@ class Router(MultiService):
         if not failure.check(Unavailable):
             _log.failure("groovejet: keeping rooms true failed", failure)
 
-    def startService(self):
-        super().startService()
-        self._loop.start(self.cluster.node_timeout / 3, now=False).addErrback(
-            lambda f: _log.failure("groovejet: room upkeep stopped", f))
 
-    def stopService(self):
-        if self._loop.running:
-            self._loop.stop()
-        return super().stopService()

@@ -14,15 +14,15 @@ them) and finishes the leaves that could not be written while it was away.
 
 from __future__ import annotations
 
-from twisted.application.service import Service
+from twisted.application.service import MultiService
 from twisted.internet import defer
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from relayd.apps.wikispeedruns.core import RosterUpdate
 from relayd.apps.wikispeedruns.roster import ALSO, IRoster, Roster
 from relayd.backplane.cluster import Cluster, Unavailable
+from relayd.periodic import Periodic
 
 _log = Logger()
 
@@ -164,25 +164,16 @@ class RedisRoster:
         return d.addCallback(lambda reply: _roster(reply[0], reply[1]) if reply else None)
 
 
-class RosterKeeper(Service):
+class RosterKeeper(MultiService):
     def __init__(self, core, roster: RedisRoster, cluster: Cluster, *, clock):
+        super().__init__()
         self.core = core
         self.roster = roster
         self.cluster = cluster
-        self._sweeper = LoopingCall(self.sweep)
-        self._sweeper.clock = clock
+        Periodic("wikispeedruns roster sweeps", cluster.node_timeout / 2, self.sweep, clock=clock,
+                 now=False).setServiceParent(self)
         cluster.when_reconnected(self.reannounce)
 
-    def startService(self):
-        super().startService()
-        self._sweeper.start(self.cluster.node_timeout / 2, now=False).addErrback(
-            lambda f: _log.failure("wikispeedruns: roster sweeps stopped", f)
-        )
-
-    def stopService(self):
-        super().stopService()
-        if self._sweeper.running:
-            self._sweeper.stop()
 
     def _publish(self, group, roster: Roster | None) -> None:
         if roster is not None and roster.names:
