@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from relayd.ws import closecodes
+
 
 class ProtocolError(Exception):
     """
@@ -14,7 +16,7 @@ class ProtocolError(Exception):
     code: the WebSocket close code when it does.
     """
 
-    def __init__(self, kind: str, message: str, close: bool = False, code: int = 1008):
+    def __init__(self, kind: str, message: str, close: bool = False, code: int = closecodes.POLICY):
         super().__init__(kind, message)
         self.kind = kind
         self.message = message

@@ -75,7 +75,6 @@ class RelaydService(MultiService):
                     protocol=app.protocol, app=app, app_name=name, limits=app_config.limits,
                     metrics=app_metrics, reactor=reactor, listener_name=listener_name, secure=listener.secure,
                 )
-                factory.daemon = self
                 demo = demo_page(name) if app_config.demo else None
                 listener.router.mount(
                     app_config.path,

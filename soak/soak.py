@@ -32,7 +32,7 @@ from twisted.web.http_headers import Headers
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, TOP)
 
-from relayd.apps.gameroom.reference import ReferencePlayer  # noqa: E402
+from tests.gameroom_reference import ReferencePlayer  # noqa: E402
 
 TOKEN = "soak-create-token-0123456789"
 CONFIG = """

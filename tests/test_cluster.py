@@ -751,7 +751,7 @@ class GameroomAcrossNodes(ClusterTestCase):
     @defer.inlineCallbacks
     def test_players_on_other_nodes_play_in_lock_step(self):
         """A room created on node a ticks there; players on nodes b and c play it in lock-step and agree on every hash."""
-        from relayd.apps.gameroom.reference import ReferencePlayer
+        from tests.gameroom_reference import ReferencePlayer
 
         yield self.start_cluster(3)
         a, b, c = self.nodes
@@ -777,7 +777,7 @@ class GameroomAcrossNodes(ClusterTestCase):
         The room's node dies mid-game: its players elsewhere are told to reconnect (1012), rejoin with
         their session tokens on another node, which takes the room over from Redis, and the game goes on.
         """
-        from relayd.apps.gameroom.reference import ReferencePlayer
+        from tests.gameroom_reference import ReferencePlayer
 
         yield self.start_cluster(3, node_timeout=1)
         a, b, c = self.nodes

@@ -20,7 +20,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, FileBodyProducer, readBody
 from twisted.web.http_headers import Headers
 
-from relayd.apps.gameroom.reference import ReferencePlayer
+from tests.gameroom_reference import ReferencePlayer
 from relayd.ws import closecodes
 from tests.live import Daemon, LivePlayer, free_port, later, open_ws, write_config
 

@@ -73,7 +73,7 @@ class DeepJSONTests(TestCase):
 
     def test_gameroom_commands_never_close_the_honest_player(self):
         """A deep command packet is refused to its sender; the player whose packet completes the turn is not closed."""
-        from relayd.apps.gameroom.reference import ReferencePlayer
+        from tests.gameroom_reference import ReferencePlayer
         from tests.apps.test_gameroom import Seat, play
 
         h = shipped()

@@ -208,7 +208,7 @@ class ClickerTests(TestCase):
 class GameroomTests(TestCase):
     def test_8_players_at_the_maximum_turn_rate(self):
         """A room of 8 players answering at once plays at max_turn_rate without anyone being closed."""
-        from relayd.apps.gameroom.reference import ReferencePlayer
+        from tests.gameroom_reference import ReferencePlayer
         from tests.apps.test_gameroom import Seat, play
 
         h = shipped()

@@ -277,7 +277,7 @@ class ShippedUnderLoadTests(TestCase):
     @defer.inlineCallbacks
     def test_gameroom_8_players_at_the_maximum_turn_rate(self):
         """8 players answering at once play 120 turns in agreement, nobody closed."""
-        from relayd.apps.gameroom.reference import ReferencePlayer
+        from tests.gameroom_reference import ReferencePlayer
         from tests.live import LivePlayer
 
         status, created = self.daemon.post("/gameroom/create", {"engine": "counter@1", "seed": 5, "players": 8})

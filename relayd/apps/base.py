@@ -99,5 +99,4 @@ class AppSpec:
     # roles whose connections send more than an ordinary client: role -> rate_limit, rate_burst, byte_rate, byte_burst
     roles: Mapping[str, Mapping[str, Any]] = attr.Factory(dict)
     validate: Callable[[Mapping[str, Any]], None] = _no_validation
-    doc: str = ""
     clustered: bool = False  # its state is shared through ctx.cluster, so it may run with [bus] backend = redis

@@ -22,4 +22,4 @@ class Testee(App):
     protocol = EchoProtocol
 
 
-SPEC = AppSpec(name="testee", build=Testee, doc="Echo server for WebSocket conformance suites.", clustered=True)
+SPEC = AppSpec(name="testee", build=Testee, clustered=True)  # an echo server for WebSocket conformance suites

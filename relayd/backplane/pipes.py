@@ -27,7 +27,7 @@ from relayd.ws.frames import Frame
 
 _log = Logger()
 
-SERVICE_RESTART = 1012  # the room moved to another node: reconnect (and resume)
+SERVICE_RESTART = closecodes.SERVICE_RESTART
 MOVED = "the room moved to another node; reconnect"
 
 

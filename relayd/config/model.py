@@ -48,7 +48,7 @@ LIMIT_OPTIONS: dict[str, Option] = {
 }
 
 LISTENER_OPTIONS: dict[str, Option] = {
-    "endpoint": Option(nonempty, doc="Twisted endpoint string: tcp:, ssl:, unix:, systemd:."),
+    "endpoint": Option(nonempty, doc="Twisted endpoint string: tcp:, ssl:, unix:, systemd:, any of them behind haproxy:."),
     "tls_key": Option(text, "", "Private key file (PEM) for a TLS listener not written as ssl:."),
     "tls_cert": Option(text, "", "Certificate file (PEM) for a TLS listener not written as ssl:."),
     "tls_chain": Option(text, "", "Intermediate certificates (PEM) sent after the certificate."),

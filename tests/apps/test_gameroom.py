@@ -6,7 +6,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from relayd.apps.gameroom import states
-from relayd.apps.gameroom.reference import ReferencePlayer
+from tests.gameroom_reference import ReferencePlayer
 from relayd.apps.gameroom.scheduler import TickScheduler
 from relayd.store import MemoryStore
 from tests.support import Harness, make_config

@@ -117,7 +117,7 @@ class CarPartyProtocol(RelaydProtocol):
 
     def _kicked(self) -> None:
         self.session = None
-        self.close(1000, "game server left")
+        self.close(closecodes.NORMAL, "game server left")
 
     def _drop(self, reason: str) -> None:
         self.factory.metrics.dropped(reason)

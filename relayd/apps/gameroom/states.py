@@ -16,7 +16,6 @@ WAITING = "running.paused.waiting"
 HALTED = "running.halted"
 FINISHED = "finished"
 
-STATES = (SETUP, ITERATING, LAGGING, WAITING, HALTED, FINISHED)
 
 TRANSITIONS: dict[tuple[str, str], str] = {
     (SETUP, "start"): ITERATING,

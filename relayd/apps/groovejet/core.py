@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from relayd.bus import IBus
 from relayd.errors import ProtocolError
+from relayd.ws import closecodes
 from relayd.ws.frames import Frame
 
 CODE_ALPHABET = string.digits + string.ascii_lowercase
@@ -28,7 +29,7 @@ def client_channel(client_id: str) -> str:
 
 
 def error(error_type: str, message: str, close: bool = False) -> ProtocolError:
-    return ProtocolError(error_type, message, close=close, code=1000)
+    return ProtocolError(error_type, message, close=close, code=closecodes.NORMAL)
 
 
 def message(kind: str, data: Any = None) -> Frame:

@@ -92,9 +92,9 @@ class WikiSpeedrunsProtocol(RelaydProtocol):
         elif kind == "leaderboard_update":
             core.refresh(core.leaderboard_channel(message))
             self.role = "done"
-            self.close(1000)
+            self.close(closecodes.NORMAL)
         else:
-            raise ProtocolError("invalid_message_type", "invalid message type", close=True, code=1000)
+            raise ProtocolError("invalid_message_type", "invalid message type", close=True, code=closecodes.NORMAL)
 
     def _joined(self, waiter) -> None:
         if self.state != self.STATE_OPEN:

@@ -24,16 +24,15 @@ from relayd.apps.wikispeedruns.roster import IRoster, MemoryRoster, Roster
 from relayd.backplane import codec
 from relayd.bus import IBus
 from relayd.errors import ProtocolError
+from relayd.ws import closecodes
 from relayd.ws.frames import Frame
 
 REFRESH = Frame.text("refresh")
 START = Frame.json({"type": "start"})
 
-FIRST_TYPES = ("wait_start", "leaderboard", "leaderboard_update", "lobby_prompts")
-
 
 def _bad(message: str) -> ProtocolError:
-    return ProtocolError("malformed_message", message, close=True, code=1008)
+    return ProtocolError("malformed_message", message, close=True, code=closecodes.POLICY)
 
 
 def _id(message: dict, key: str) -> Any:
@@ -87,11 +86,11 @@ class TokenVerifier:
 
     def verify(self, token: Any, now: float) -> HostToken:
         if not isinstance(token, str) or token.count(".") != 1 or len(token) > 4096:
-            raise ProtocolError("invalid_token", "the token is not a relayd host token", close=True, code=1008)
+            raise ProtocolError("invalid_token", "the token is not a relayd host token", close=True, code=closecodes.POLICY)
         head, mac = token.encode("ascii", "replace").split(b".")
         expected = base64.urlsafe_b64encode(hmac.new(self.secret, head, hashlib.sha256).digest()).rstrip(b"=")
         if not hmac.compare_digest(mac, expected):
-            raise ProtocolError("invalid_token", "the token's signature does not verify", close=True, code=1008)
+            raise ProtocolError("invalid_token", "the token's signature does not verify", close=True, code=closecodes.POLICY)
         try:
             fields = json.loads(base64.urlsafe_b64decode(head + b"=" * (-len(head) % 4)))
             parsed = HostToken(
@@ -99,9 +98,9 @@ class TokenVerifier:
                 host=bool(fields["host"]), exp=float(fields["exp"]),
             )
         except (ValueError, KeyError, TypeError):
-            raise ProtocolError("invalid_token", "the token's payload is malformed", close=True, code=1008) from None
+            raise ProtocolError("invalid_token", "the token's payload is malformed", close=True, code=closecodes.POLICY) from None
         if parsed.exp < now:
-            raise ProtocolError("expired_token", "the token has expired", close=True, code=1008)
+            raise ProtocolError("expired_token", "the token has expired", close=True, code=closecodes.POLICY)
         return parsed
 
 
@@ -228,7 +227,7 @@ class WikiSpeedruns:
         group = self.groups.get(key)
         if group is not None and len(group.waiters) >= self.max_group_size:
             raise ProtocolError("group_full", f"this lobby prompt has {self.max_group_size} waiting already",
-                                close=True, code=1008)
+                                close=True, code=closecodes.POLICY)
         if group is None:
             group = self.groups[key] = Group(key)
             group.subscription = self.bus.subscribe(group.channel, group.deliver)
