@@ -46,11 +46,23 @@ class LiveClient(Client):
             self.when_open.errback(ConnectionError(f"closed before open: {code} {reason}"))
         self.when_closed.callback(code)
 
-    def messages_at_least(self, n: int) -> defer.Deferred:
+    def messages_at_least(self, n: int, timeout: float = 30.0) -> defer.Deferred:
+        """Fires with the messages once there are n; fails saying so (and what came) after timeout seconds."""
         if len(self.messages) >= n:
             return defer.succeed(self.messages)
         d = defer.Deferred()
-        self._waiting.append((n, d))
+        entry = (n, d)
+        self._waiting.append(entry)
+
+        def late():
+            if entry in self._waiting:
+                self._waiting.remove(entry)
+                d.errback(AssertionError(
+                    f"timed out after {timeout} s waiting for {n} messages; got {len(self.messages)}: "
+                    f"{[m if isinstance(m, bytes) else m[:80] for m in self.messages[-3:]]}"))
+
+        timer = reactor.callLater(timeout, late)
+        d.addBoth(lambda result: (timer.active() and timer.cancel(), result)[1])
         return d
 
 
@@ -140,6 +152,22 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@defer.inlineCallbacks
+def until(condition, what: str, timeout: float = 30.0, step: float = 0.02):
+    """
+    Wait on the real reactor until condition() holds (it may return a Deferred), and fire with its
+    value; fail, saying what was waited for, when it does not within timeout seconds.
+    """
+    deadline = reactor.seconds() + timeout
+    while True:
+        value = yield defer.maybeDeferred(condition)
+        if value:
+            return value
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        yield later(step)
 
 
 def later(seconds: float) -> defer.Deferred:

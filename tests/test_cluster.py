@@ -11,7 +11,7 @@ from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, readBody
 
-from tests.live import Daemon, LivePlayer, later
+from tests.live import Daemon, LivePlayer, later, until
 from tests.redis import RedisServer
 
 
@@ -51,15 +51,6 @@ persist_interval = 0.05
 """
 
 
-@defer.inlineCallbacks
-def until(condition, seconds: float = 10.0, what: str = "condition"):
-    """Wait on the real reactor for something another process does; fail after `seconds`."""
-    for _ in range(int(seconds / 0.02)):
-        value = yield defer.maybeDeferred(condition)
-        if value:
-            return value
-        yield later(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def bus_up(daemon: Daemon) -> bool:
@@ -150,7 +141,8 @@ class SecuredRedis(ClusterTestCase):
         ca = yield self.secured_redis("right")
         url = f"rediss://:wrong@localhost:{self.redis.port}/0?ca={ca.root_path}"
         node = Daemon(self, node_config(url))
-        yield later(0.5)
+        yield until(lambda: get(node, "/readyz").addCallback(lambda answer: answer[0] == 503 and answer),
+                    what="/readyz to say 503 after the refused AUTH")
         code, body = yield get(node, "/readyz")
         self.assertEqual(code, 503)
         self.assertIn("unreachable", body)
@@ -270,7 +262,7 @@ class LobbyAcrossNodes(ClusterTestCase):
         b.service.cluster.stopService = lambda: None
         stop_periodic(b.service.cluster)
         yield b.service.bus.stopService()
-        yield until(lambda: last_users(ann) == ["ann"], seconds=10, what="bob to be swept")
+        yield until(lambda: last_users(ann) == ["ann"], timeout=10, what="bob to be swept")
         for client in (ann, bob):
             client.sendClose(1000)
             yield client.when_closed
@@ -340,7 +332,7 @@ class CarPartyAcrossNodes(ClusterTestCase):
             yield phone.messages_at_least(20)
             self.assertEqual([json.loads(m)["n"] for m in phone.messages[:20]], list(range(20)))
         yield p1.messages_at_least(21)
-        yield later(0.1)
+        yield later(0.1)  # an absence: a frame for p1 that reached p0 too would be here by now
         self.assertEqual(len(p0.messages), 20)
         p0.send_text('{"steer": -1, "client_id": "forged"}')
         messages = yield server.messages_at_least(3)
@@ -444,7 +436,7 @@ class ClickerAcrossNodes(ClusterTestCase):
         self.assertEqual(listener.messages, [f"CONNECT {device_id}", f"SCORE 1 {device_id} -9223372036854775808"])
         again.send_text("SCORE 1 -9223372036854775808")  # a retry: acknowledged, not delivered again
         yield again.messages_at_least(2)
-        yield later(0.2)
+        yield later(0.2)  # an absence: a second delivery of the retried score would be here by now
         self.assertEqual(len(listener.messages), 2)
         for client in (again, listener):
             client.sendClose(1000)
@@ -478,7 +470,7 @@ class ClickerAcrossNodes(ClusterTestCase):
         yield until(lambda: not a.service.bus.subscriber.up, what="node a to lose its subscription")
         device.send_text("SCORE 3 11")
         yield device.messages_at_least(2)  # SCORED: written in Redis
-        yield later(0.1)
+        yield later(0.1)  # an absence: node a, unsubscribed, must not have relayed it
         self.assertNotIn(f"SCORE 3 {device_id} 11", listener.messages)
         a.service.bus.subscriber._client.startService()
         yield until(lambda: f"SCORE 3 {device_id} 11" in listener.messages, what="the missed score")
@@ -746,7 +738,7 @@ class GameroomAcrossNodes(ClusterTestCase):
 
     @defer.inlineCallbacks
     def until_turn(self, players, turn: int):
-        yield until(lambda: all(p.player.executed >= turn for p in players), seconds=20, what=f"turn {turn}")
+        yield until(lambda: all(p.player.executed >= turn for p in players), timeout=20, what=f"turn {turn}")
 
     @defer.inlineCallbacks
     def test_players_on_other_nodes_play_in_lock_step(self):
@@ -788,7 +780,10 @@ class GameroomAcrossNodes(ClusterTestCase):
         yield self.until_turn(players, 10)
         for p in players:
             p.player.player_id = None  # stop sending, so the log stops growing
-        yield later(0.5)  # the last turns reach the players and node a writes them
+        app_a = a.service.apps["gameroom"]
+        room_a = app_a.core.rooms[room_id]
+        yield until(lambda: len({p.player.executed for p in players}) == 1 and room_a.persisted >= room_a.turn
+                    and room_id not in app_a.core.dirty, what="the last turns at the players and in Redis")
         a.service.cluster.stopService = lambda: None
         router = a.service.apps["gameroom"].router
         stop_periodic(router.leases)

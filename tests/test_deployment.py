@@ -18,8 +18,7 @@ import time
 from twisted.internet import defer, ssl
 from twisted.trial.unittest import SkipTest, TestCase
 
-from tests.live import Daemon, free_port, open_ws
-from tests.test_shipped_live import until
+from tests.live import Daemon, free_port, open_ws, until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CERT = os.path.join(ROOT, "etc", "examples", "tls", "localhost.crt")

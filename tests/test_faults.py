@@ -22,7 +22,7 @@ from twisted.web.http_headers import Headers
 
 from tests.gameroom_reference import ReferencePlayer
 from relayd.ws import closecodes
-from tests.live import Daemon, LivePlayer, free_port, later, open_ws, write_config
+from tests.live import Daemon, LivePlayer, free_port, open_ws, until, write_config
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 
@@ -73,10 +73,7 @@ class FloodTests(TestCase):
         port = daemon.port()
         flood = yield defer.gatherResults([raw_connect(port) for _ in range(40)])
         self.addCleanup(lambda: [p.transport.abortConnection() for p in flood])
-        for _ in range(100):
-            if sum(p.lost.called for p in flood) >= 20:
-                break
-            yield later(0.02)
+        yield until(lambda: sum(p.lost.called for p in flood) >= 20, "the flood past the cap to be cut")
         self.assertEqual(sum(p.lost.called for p in flood), 20)
         other = yield open_ws(port, "/echo", bind="127.0.0.2")
         other.send_text("served")
@@ -149,10 +146,7 @@ class StopUnderLoadTests(TestCase):
         daemon = Daemon(self, CLICKER)
         clients = yield defer.gatherResults([daemon.connect("/clicker/ws") for _ in range(10)])
         devices = [Device(c) for c in clients]
-        for _ in range(200):
-            if all(d.acked is not None and d.acked >= 20 for d in devices):
-                break
-            yield later(0.02)
+        yield until(lambda: all(d.acked is not None and d.acked >= 20 for d in devices), "20 scores acknowledged each")
         yield daemon.stop()
         codes = yield defer.gatherResults([c.when_closed for c in clients])
         self.assertEqual(set(codes), {closecodes.GOING_AWAY})
@@ -209,14 +203,14 @@ class HardKillTests(TestCase):
 
     @defer.inlineCallbacks
     def _wait_port(self, port):
-        for _ in range(200):
-            try:
-                p = yield raw_connect(port)
+        def listening():
+            def connected(p):
                 p.transport.loseConnection()
-                return
-            except Exception:
-                yield later(0.05)
-        self.fail("relayd did not start listening")
+                return True
+
+            return raw_connect(port).addCallbacks(connected, lambda _: False)
+
+        yield until(listening, "relayd to listen", timeout=10, step=0.05)
 
     @defer.inlineCallbacks
     def test_kill_9_and_restart(self):
@@ -250,18 +244,19 @@ class HardKillTests(TestCase):
             client = yield open_ws(port, f"/gameroom/play/{room_id}")
             players.append(LivePlayer(client, ReferencePlayer(name=f"p{i}")))
             client.send_json(players[-1].player.join())
-        for _ in range(400):
-            if all(p.player.executed >= 10 for p in players):
-                break
-            yield later(0.01)
+        yield until(lambda: all(p.player.executed >= 10 for p in players), "10 turns executed by both")
         for p in players:
             p.player.player_id = None  # stop sending, so the log stops growing
         # the players converge on the last closed turn once the master packets in flight arrive
-        for _ in range(200):
-            seen = [p.player.executed for p in players]
-            yield later(0.02)
-            if len(set(seen)) == 1 and seen == [p.player.executed for p in players]:
-                break
+        seen: list = []
+
+        def settled():
+            now = [p.player.executed for p in players]
+            steady = len(set(now)) == 1 and now == seen
+            seen[:] = now
+            return steady
+
+        yield until(settled, "both players on the same last turn")
         executed = max(p.player.executed for p in players)
         yield self._wait_persisted(os.path.join(directory, "state", "relayd.sqlite3"), room_id, executed + 1)
 
@@ -291,10 +286,7 @@ class HardKillTests(TestCase):
             resumed.append(LivePlayer(client, p.player))
             client.send_json(p.player.rejoin())
         target = executed + 10
-        for _ in range(400):
-            if all(p.player.executed >= target for p in resumed):
-                break
-            yield later(0.01)
+        yield until(lambda: all(p.player.executed >= target for p in resumed), f"turn {target} at both players")
         self.assertEqual(resumed[0].player.hashes[target], resumed[1].player.hashes[target])
         for c in [again, judge, newhost] + [p.client for p in resumed]:
             c.sendClose(1000)
@@ -302,13 +294,12 @@ class HardKillTests(TestCase):
 
     @defer.inlineCallbacks
     def _wait_persisted(self, path, room_id, turn):
-        for _ in range(200):
+        def persisted():
             try:
                 with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
                     row = db.execute("SELECT value FROM kv WHERE ns = 'gameroom.room' AND key = ?", (room_id,)).fetchone()
-                if row and json.loads(row[0])["turn"] >= turn:
-                    return
             except sqlite3.Error:
-                pass
-            yield later(0.05)
-        self.fail("the game was not persisted")
+                return False
+            return bool(row) and json.loads(row[0])["turn"] >= turn
+
+        yield until(persisted, f"turn {turn} of the game in the store", step=0.05)

@@ -25,20 +25,34 @@ class AutobahnInternalsTests(TestCase):
         self.assertEqual(fired, [1])
 
     def test_factory_timer_attribute(self):
-        """Autobahn schedules protocol timeouts on factory._batched_timer, which install_clock replaces."""
+        """Autobahn schedules protocol timeouts on factory._batched_timer; install_clock puts one on our clock there."""
         factory = WebSocketServerFactory()
         self.assertTrue(hasattr(factory, "_batched_timer"))
-        install_clock(factory, Clock())
+        clock, fired = Clock(), []
+        install_clock(factory, clock)
+        factory._batched_timer.call_later(1, fired.append, "timeout")
+        clock.advance(2)
+        self.assertEqual(fired, ["timeout"])
         import autobahn.websocket.protocol as p
 
         self.assertIn("self.factory._batched_timer.call_later", inspect.getsource(p))
 
     def test_send_close_frame_accepts_any_code(self):
-        """sendCloseFrame is the path that can send 1001; sendClose still refuses it."""
-        self.assertTrue(hasattr(WebSocketServerProtocol, "sendCloseFrame"))
+        """sendCloseFrame sends 1001 and 1011 on an open connection; sendClose refuses them as a client-chosen code."""
+        from autobahn.websocket.protocol import WebSocketProtocol
+
         proto = WebSocketServerProtocol()
-        with self.assertRaises(Exception):
+        sent = []
+        proto.state = WebSocketProtocol.STATE_OPEN
+        proto.sendFrame = lambda opcode, payload=b"", **kw: sent.append((opcode, payload))
+        proto.closeHandshakeTimeout = 0
+        proto.factory = WebSocketServerFactory()
+        proto.sendCloseFrame(1001, b"bye")
+        self.assertEqual(sent, [(8, b"\x03\xe9bye")])
+        proto.state = WebSocketProtocol.STATE_OPEN
+        with self.assertRaises(Exception) as caught:
             proto.sendClose(1001)
+        self.assertIn("invalid close code 1001", str(caught.exception))
 
     def test_close_timers_named_as_expected(self):
         """The close-handshake timers relayd cancels on close exist under these names."""

@@ -2,6 +2,7 @@
 
 import io
 import json
+import sys
 
 from twisted.application.service import Application
 from twisted.logger import ILogObserver, Logger
@@ -35,10 +36,17 @@ class LogTests(TestCase):
         """The service hands twistd its configured observer through the application's ILogObserver."""
         from twisted.internet.testing import MemoryReactorClock
 
-        config = make_config(base=BASE_INI.replace("drain_timeout = 10", "log_format = json"))
+        config = make_config(base=BASE_INI.replace("drain_timeout = 10", "log_format = json\nlog_level = warn"))
         application = Application("relayd")
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)  # where the configured observer writes
         RelaydService(config, reactor=MemoryReactorClock(), store=MemoryStore()).setServiceParent(application)
-        self.assertIsNotNone(application.getComponent(ILogObserver, None))
+        observer = application.getComponent(ILogObserver, None)
+        self.assertIsNotNone(observer)
+        Logger(observer=observer).info("dropped at warn")
+        Logger(observer=observer).warn("kept {n}", n=1)
+        [line] = out.getvalue().splitlines()
+        self.assertEqual(json.loads(line)["text"], "kept 1")
 
 
 class OperatorLogTests(TestCase):

@@ -87,3 +87,17 @@ class PluginTests(TestCase):
         self.assertIn("cannot listen on", result.stderr)
         self.assertEqual(len(result.stderr.strip().splitlines()), 1, result.stderr)
         self.assertFalse(os.path.exists(os.path.join(cwd, "twistd.pid")))
+
+
+class DuplicateDefinitionLintTests(TestCase):
+    def test_lint_finds_a_class_defined_twice(self):
+        """.ci/duplicate_definitions.py names a test class or method defined twice, and passes the repository."""
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("lint", os.path.join(ROOT, ".ci", "duplicate_definitions.py"))
+        lint = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(lint)
+        source = "class A:\n    def t(self): pass\n    def t(self): pass\nclass A:\n    pass\n"
+        self.assertEqual(lint.duplicates(source, "x.py"), [
+            "x.py:3: A.t defined again (first at line 2)", "x.py:4: A defined again (first at line 1)"])
+        self.assertEqual(lint.main([os.path.join(ROOT, "tests"), os.path.join(ROOT, "relayd")]), 0)

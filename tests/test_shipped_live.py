@@ -24,7 +24,7 @@ import urllib.request
 from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import TestCase
 
-from tests.live import free_port, open_ws
+from tests.live import free_port, open_ws, until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
@@ -107,14 +107,6 @@ def sleep(seconds: float) -> defer.Deferred:
     return task.deferLater(reactor, seconds, lambda: None)
 
 
-@defer.inlineCallbacks
-def until(condition, what: str, timeout: float = 30.0):
-    """Wait for condition() to hold; fail saying what was waited for when it does not in time."""
-    deadline = reactor.seconds() + timeout
-    while not condition():
-        if reactor.seconds() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        yield sleep(0.02)
 
 
 @defer.inlineCallbacks

@@ -216,11 +216,14 @@ class PersistenceTests(TestCase):
         return h
 
     @defer.inlineCallbacks
-    def _settle(self, h):
-        # the store answers from its thread through the real reactor; the connections are in memory
+    def _until(self, h, condition, what):
+        """The store answers from its thread through the real reactor; the connections are in memory."""
         from twisted.internet import reactor
 
-        for _ in range(30):
+        deadline = reactor.seconds() + 10
+        while not condition():
+            if reactor.seconds() > deadline:
+                self.fail(f"timed out waiting for {what}")
             yield task.deferLater(reactor, 0.01, lambda: None)
             h.flush()
 
@@ -229,34 +232,32 @@ class PersistenceTests(TestCase):
         """After a restart a device re-registering with its secret gets its id, and listeners its latest score."""
         path = os.path.join(tempfile.mkdtemp(), "relayd.sqlite3")
         first = self._service(path)
-        yield self._settle(first)
+        yield self._until(first, lambda: first.app("clicker")._ready, "the first service to load its state")
         d = first.ws("/clicker/ws")
         d.send_text("REGISTER")
-        yield self._settle(first)
+        yield self._until(first, lambda: d.messages, "REGISTERED")
         _, device_id, secret = d.messages[-1].split(" ")
         d.send_text("SCORE 500 21")
-        yield self._settle(first)
+        yield self._until(first, lambda: len(d.messages) == 2, "SCORED")
         self.assertEqual(d.messages[-1], "SCORED 500")
         stopping = first.service.stopService()
-        yield self._settle(first)
-        self.assertTrue(stopping.called)
+        yield self._until(first, lambda: stopping.called, "the first service to stop")
 
         second = self._service(path)
-        yield self._settle(second)
+        yield self._until(second, lambda: second.app("clicker")._ready, "the second service to load its state")
         again = second.ws("/clicker/ws")
         again.send_text(f"REGISTER {secret}")
         judge = second.ws("/clicker/ws")
         judge.send_text(f"LISTEN {device_id}")
-        yield self._settle(second)
+        yield self._until(second, lambda: again.messages and len(judge.messages) == 2, "REGISTERED and the catch-up")
         self.assertEqual(again.messages, [f"REGISTERED {device_id} {secret}"])
         self.assertEqual(judge.messages, [f"CONNECT {device_id}", f"SCORE 500 {device_id} 21"])
         again.send_text("SCORE 500 21")  # the retry of an acknowledged score
-        yield self._settle(second)
+        yield self._until(second, lambda: len(again.messages) == 2, "the retry's SCORED")
         self.assertEqual(again.messages[-1], "SCORED 500")
         self.assertEqual(len(judge.messages), 2)
         stopping = second.service.stopService()
-        yield self._settle(second)
-        self.assertTrue(stopping.called)
+        yield self._until(second, lambda: stopping.called, "the second service to stop")
 
     def test_scored_only_after_store_write(self):
         """SCORED waits for the store: a write that has not finished yet has not been acknowledged."""
