@@ -25,3 +25,7 @@ class ProtocolError(Exception):
 
     def __str__(self) -> str:
         return f"{self.kind}: {self.message}"
+
+
+class Unavailable(Exception):
+    """A shared service (Redis) cannot be reached now; the client is told to try again later."""

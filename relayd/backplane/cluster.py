@@ -16,14 +16,11 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from txredisapi import ConnectionError as RedisConnectionError
 
+from relayd.errors import Unavailable  # noqa: F401 (raised here, and imported from here by the apps)
 from relayd.backplane.redisbus import RedisBus
 from relayd.periodic import Periodic
 
 _log = Logger()
-
-
-class Unavailable(Exception):
-    """Redis cannot be reached now; the caller answers its client 'try again later'."""
 
 
 def _ms(seconds: float) -> int:

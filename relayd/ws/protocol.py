@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from relayd.errors import ProtocolError
+from relayd.session import IConnection, Runner
 from relayd.ws import closecodes
 from relayd.ws.frames import Frame
 from relayd.ws.ratelimit import Budget
@@ -60,7 +61,7 @@ class _ErrorRate:
         self.byte_rate, self.byte_burst = 0, 1
 
 
-@implementer(IPushProducer)
+@implementer(IPushProducer, IConnection)
 class RelaydProtocol(WebSocketServerProtocol):
     _log = Logger()
 
@@ -72,6 +73,9 @@ class RelaydProtocol(WebSocketServerProtocol):
     websocket_open = False
     request = None
     sends_as = "client"  # the role whose rate limits apply (AppSpec.roles)
+    session_class = None  # the app's ISession (relayd.session), made when the connection opens
+    session = None
+    runner = None
     ignored = 0  # messages that arrived after relayd decided to close this connection
     error_counts = None  # protocol errors by kind, made at the first
     _latest = None  # latest key -> its _Latest in the send queue, made when one waits
@@ -132,6 +136,11 @@ class RelaydProtocol(WebSocketServerProtocol):
                 self.slot.websocket = self
             if self.factory.keepalive is not None:
                 self.factory.keepalive.watch(self)
+            if self.session_class is not None:
+                self.session = self.session_class(self.factory.app, self)
+                self.runner = Runner(self, self.session, name=self.factory.app_name)
+                self.runner.opened()
+                return
             self.opened()
         except ProtocolError as e:
             self._protocol_error(e)
@@ -157,6 +166,8 @@ class RelaydProtocol(WebSocketServerProtocol):
         try:
             if isBinary and not self.accepts_binary:
                 self.binary(payload)
+            elif self.runner is not None:
+                self.runner.received(payload, isBinary)
             else:
                 self.received(payload, isBinary)
         except ProtocolError as e:
@@ -204,6 +215,9 @@ class RelaydProtocol(WebSocketServerProtocol):
         metrics.connections_open.dec()
         sent = self.localCloseCode if self.closedByMe else None
         metrics.closed(sent if sent is not None else (code if code is not None else 1006))
+        if self.runner is not None:
+            self.runner.closed()
+            return
         try:
             self.closed()
         except Exception:
@@ -249,7 +263,9 @@ class RelaydProtocol(WebSocketServerProtocol):
 
     def report(self, error: ProtocolError) -> None:
         """Put a ProtocolError on the wire in the protocol's own form; by default close when it says so."""
-        if error.close:
+        if self.session is not None:
+            self.session.report(error)
+        elif error.close:
             self.close(error.code, error.message)
 
     # ---- outbound ---------------------------------------------------------------------------
@@ -375,7 +391,22 @@ class RelaydProtocol(WebSocketServerProtocol):
         """Drain: tell the client the server is going away."""
         self.close(closecodes.GOING_AWAY, "server shutting down")
 
-    def _protocol_error(self, error: ProtocolError) -> None:
+    # ---- IConnection (relayd.session) ---------------------------------------------------------
+
+    def send(self, frame: Frame, latest: str | None = None) -> None:
+        self.send_frame(frame, latest)
+
+    def still_open(self) -> bool:
+        return self.state == _OPEN
+
+    def drop(self) -> None:
+        self.dropConnection(abort=False)
+
+    def internal_error(self) -> None:
+        self._internal_error()
+
+    def count_error(self, error: ProtocolError) -> bool:
+        """Counted and (the first of its kind) logged; False once it closed the connection for too many."""
         factory = self.factory
         factory.metrics.protocol_error(error.kind)
         # the first of each kind is logged; the rest are counted and summed up when the connection ends
@@ -394,11 +425,16 @@ class RelaydProtocol(WebSocketServerProtocol):
         if not self._error_budget.take(self._clock.seconds(), 0) and self.state == _OPEN:
             factory.metrics.protocol_error("too_many_errors")
             self.close(closecodes.POLICY, "too many invalid messages")
+            return False
+        return True
+
+    def _protocol_error(self, error: ProtocolError) -> None:
+        if not self.count_error(error):
             return
         try:
             self.report(error)
         except Exception:
-            self._log.failure("{app}: reporting a protocol error failed", app=factory.app_name)
+            self._log.failure("{app}: reporting a protocol error failed", app=self.factory.app_name)
             self._internal_error()
 
     def _internal_error(self) -> None:

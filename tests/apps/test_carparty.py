@@ -36,7 +36,7 @@ def phone(h, client_id, code="SNEK", extra=None):
 def phones_server_side(h):
     from relayd.apps.carparty.core import ClientSession
 
-    return [ws for ws in h.service.listeners["main"].tracker.websockets() if isinstance(ws.session, ClientSession)]
+    return [ws for ws in h.service.listeners["main"].tracker.websockets() if isinstance(ws.session.seat, ClientSession)]
 
 
 def dropped(h, reason):
@@ -213,7 +213,7 @@ class DeliveryTests(TestCase):
         h = harness(limits="max_send_backlog = 64K\n")
         s = server(h)
         slow, fast = phone(h, "slow"), phone(h, "fast")
-        slow_server_side = [ws for ws in phones_server_side(h) if ws.session.client_id == "slow"][0]
+        slow_server_side = [ws for ws in phones_server_side(h) if ws.session.seat.client_id == "slow"][0]
         slow_server_side.pauseProducing()  # its socket buffer is full: it stopped reading
         for i in range(100):
             s.send_text(json.dumps({"seq": i, "pad": "p" * 1000}))
@@ -328,7 +328,7 @@ class SlowLoginTests(TestCase):
 
     def test_too_many_frames_before_the_login_is_answered(self):
         """A connection that floods while its login is answered is dropped, counted, and holds nothing afterwards."""
-        from relayd.apps.carparty.adapter import MAX_EARLY_FRAMES
+        from relayd.session import MAX_HELD as MAX_EARLY_FRAMES
 
         h = harness(limits=f"rate_burst = {MAX_EARLY_FRAMES * 2}")  # the hold's bound, not the rate's, is tested
         core = h.app("carparty").core
