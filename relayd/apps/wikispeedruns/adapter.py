@@ -40,101 +40,17 @@ from twisted.web.resource import Resource
 from relayd import jsonutil
 from relayd.apps.base import App
 from relayd.apps.wikispeedruns.cluster import RedisRoster, RosterKeeper
-from relayd.apps.wikispeedruns.core import TokenVerifier, WikiSpeedruns, parse
-from relayd.backplane.cluster import Unavailable
+from relayd.apps.wikispeedruns.core import TokenVerifier, WikiSpeedruns
+from relayd.apps.wikispeedruns.session import WikiSpeedrunsSession
 from relayd.errors import ProtocolError
 from relayd.quota import AddressQuota
-from relayd.ws import closecodes
-from relayd.ws.frames import Frame
 from relayd.web.endpoint import JSONEndpoint
 from relayd.ws.protocol import RelaydProtocol
 
 class WikiSpeedrunsProtocol(RelaydProtocol):
-    role = None
-    waiter = None
-    subscription = None
-    channel = None
-    start_pending = False  # a start that arrived while the join was still on its way to the roster
+    """A wikispeedruns page's WebSocket: its logic is a WikiSpeedrunsSession."""
 
-    def send(self, frame: Frame, latest: str | None = None) -> None:
-        self.send_frame(frame, latest)
-
-    def received(self, payload: bytes, is_binary: bool) -> None:
-        core: WikiSpeedruns = self.factory.app.core
-        message = parse(payload)
-        kind = message["type"]
-        if self.role is None:
-            self._first(core, message, kind)
-        elif self.role == "wait" and kind == "start":
-            core.start(self.waiter, self.factory.reactor.seconds())
-        elif self.role == "joining" and kind == "start":
-            self.start_pending = True
-        elif self.role == "lobby_prompts" and kind == "lobby_prompts_update":
-            core.refresh(self.channel)
-        else:
-            self.factory.metrics.dropped("ignored_message")
-
-    def _first(self, core: WikiSpeedruns, message: dict, kind: str) -> None:
-        if kind == "wait_start":
-            if not self.factory.app.join_quota.take(self.client_address or "unknown"):
-                raise ProtocolError("quota", "too many joins from this address; try again later", close=True,
-                                    code=closecodes.TRY_AGAIN_LATER)
-            self.role = "joining"
-            core.wait_start(message, self.send, self.factory.reactor.seconds()).addCallbacks(
-                self._joined, self._join_failed)
-        elif kind == "leaderboard":
-            self.subscription = core.subscribe(core.leaderboard_channel(message), self.send)
-            self.role = "leaderboard"
-        elif kind == "lobby_prompts":
-            self.channel = core.lobby_prompts_channel(message)
-            self.subscription = core.subscribe(self.channel, self.send)
-            self.role = "lobby_prompts"
-        elif kind == "leaderboard_update":
-            core.refresh(core.leaderboard_channel(message))
-            self.role = "done"
-            self.close(closecodes.NORMAL)
-        else:
-            raise ProtocolError("invalid_message_type", "invalid message type", close=True, code=closecodes.NORMAL)
-
-    def _joined(self, waiter) -> None:
-        if self.state != self.STATE_OPEN:
-            # closed while joining: leave the group the join has just put it in
-            self.factory.app.core.leave(waiter).addErrback(self._leave_failed)
-            return
-        self.waiter, self.role = waiter, "wait"
-        if self.start_pending:
-            self.start_pending = False
-            try:
-                self.factory.app.core.start(waiter, self.factory.reactor.seconds())
-            except ProtocolError as e:
-                self._protocol_error(e)
-
-    def _join_failed(self, failure) -> None:
-        if failure.check(ProtocolError):
-            self._protocol_error(failure.value)
-        elif failure.check(Unavailable):
-            self._protocol_error(ProtocolError(
-                "unavailable", "lobby service unavailable, try again", close=True, code=closecodes.TRY_AGAIN_LATER))
-        else:
-            self._log.failure("wikispeedruns: joining a group failed", failure)
-            self._internal_error()
-
-    def _leave_failed(self, failure) -> None:
-        self._log.failure("wikispeedruns: leaving a group failed", failure)
-
-    def report(self, error: ProtocolError) -> None:
-        if error.close:
-            self.close(error.code, error.message)
-        else:
-            self.send(Frame.json({"type": "error", "error": error.kind, "message": error.message}))
-
-    def closed(self) -> None:
-        if self.waiter is not None:
-            self.factory.app.core.leave(self.waiter).addErrback(self._leave_failed)
-            self.waiter = None
-        if self.subscription is not None:
-            self.subscription.cancel()
-            self.subscription = None
+    session_class = WikiSpeedrunsSession
 
 
 class Trigger(JSONEndpoint):
