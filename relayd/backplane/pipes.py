@@ -4,8 +4,9 @@ a pipe, so the room's session logic runs in one place (its owner) for every clie
 
 The client's node keeps a Pipe: it carries the client's frames to the owner's `<namespace>:node:<id>`
 channel and hands what comes back on the pipe's own channel to the connection (frames, or a close).
-The owner keeps a RemoteEnd per pipe: the app's session for that client, whose `send` and `close`
-go back through the pipe. Messages of one pipe travel in order (one publisher, one channel).
+The owner keeps a RemoteEnd per pipe: an IConnection whose `send` and `close` go back through the
+pipe, with the app's session for that client behind it under a Runner, as behind a WebSocket.
+Messages of one pipe travel in order (one publisher, one channel).
 
 When the owner dies its pipes see the room's lease move (`moved`: the client reconnects and resumes
 elsewhere); when a client's node dies, its RemoteEnds are dropped as if their connections closed.
@@ -18,10 +19,12 @@ import json
 from typing import Callable
 
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from relayd import jsonutil
 from relayd.backplane import codec
 from relayd.errors import ProtocolError
+from relayd.session import IConnection, Runner
 from relayd.ws import closecodes
 from relayd.ws.frames import Frame
 
@@ -117,21 +120,24 @@ class Pipe:
         self.conn.close(SERVICE_RESTART, MOVED)
 
 
+@implementer(IConnection)
 class RemoteEnd:
     """
-    The room's side of a pipe. An app mixes it into its session class: the session calls `send`,
-    `close`, `report` as on a connection, and gives `report`, `handle(payload)` (a frame from the
-    client) and `end_session()` (the client is gone). They come from the session class, so they are
-    not defined here: a placeholder would win over them in the method order.
+    The room's side of a pipe: an IConnection for the app's session of a client on another node.
+    Its frames go back through the pipe; the session behind it runs under a Runner like any other.
     """
 
-    def __init__(self, pipes: "Pipes", key: str, reply: str):
+    def __init__(self, pipes: "Pipes", key: str, reply: str, client_address: str | None = None):
         self.pipes = pipes
         self.key = key
         self.reply = reply
         self.open = True
+        self.peer = f"a client on node {key.rsplit(':', 1)[0]}"
+        self.client_address = client_address
+        self.runner: Runner | None = None
+        self._errors: set[str] = set()
 
-    def send(self, frame: Frame) -> None:
+    def send(self, frame: Frame, latest: str | None = None) -> None:
         if self.open:
             self.pipes.bus.publish(self.reply, frame)
 
@@ -141,43 +147,44 @@ class RemoteEnd:
         self.pipes.bus.publish(self.reply, PipeMessage("c", self.key, f"{code} {reason}".encode()))
         self.gone()
 
-    def gone(self) -> None:
-        if self.open:
-            self.open = False
-            self.pipes.ends.pop(self.key, None)
-            self.end_session()
+    def drop(self) -> None:
+        self.close(closecodes.NORMAL, "")
 
     def still_open(self) -> bool:
         return self.open
 
-    def _protocol_error(self, e: ProtocolError) -> None:
-        self.pipes.metrics.protocol_error(e.kind)
-        _log.info("{namespace}: protocol error from a client on another node: {kind}: {message}",
-                  namespace=self.pipes.namespace, kind=e.kind, message=e.message)
-        self.report(e)
+    def use_role(self, role: str) -> None:
+        """Rates are the client's node's to apply: nothing to do here."""
 
-    def _internal_error(self) -> None:
+    def count_error(self, error: ProtocolError) -> bool:
+        self.pipes.metrics.protocol_error(error.kind)
+        if error.kind not in self._errors:
+            self._errors.add(error.kind)
+            _log.info("{namespace}: protocol error from {peer}: {kind}: {message}",
+                      namespace=self.pipes.namespace, peer=self.peer, kind=error.kind, message=error.message)
+        return True
+
+    def internal_error(self) -> None:
+        self.pipes.metrics.protocol_error("internal")
         self.close(closecodes.INTERNAL_ERROR, "internal error")
 
-    def dispatch(self, payload: bytes) -> None:
-        try:
-            self.handle(payload)
-        except ProtocolError as e:
-            self._protocol_error(e)
-        except Exception:
-            _log.failure("{namespace}: handling a piped message failed", namespace=self.pipes.namespace)
-            self._internal_error()
+    def gone(self) -> None:
+        if self.open:
+            self.open = False
+            self.pipes.ends.pop(self.key, None)
+            if self.runner is not None:
+                self.runner.closed()
 
 
 class Pipes:
     """One app's pipes on this node, both ways."""
 
-    def __init__(self, bus, cluster, namespace: str, metrics, open_end: Callable[["Pipes", str, str, dict], RemoteEnd]):
+    def __init__(self, bus, cluster, namespace: str, metrics, open_session: Callable[[RemoteEnd, dict], object]):
         self.bus = bus
         self.cluster = cluster
         self.namespace = namespace
         self.metrics = metrics
-        self.open_end = open_end
+        self.open_session = open_session  # (the end, the opening body) -> the app's ISession for it
         self.pipes: dict[str, Pipe] = {}  # connections here, rooms elsewhere
         self.ends: dict[str, RemoteEnd] = {}  # rooms here, connections elsewhere
         self._numbers = itertools.count(1)
@@ -187,10 +194,10 @@ class Pipes:
         return f"{self.namespace}:node:{node_id}"
 
     def connect(self, conn, owner: str, room: str, body: dict) -> Pipe:
-        """Pipe conn to room on node owner; body is what the owner's open_end gets (with `reply`)."""
+        """Pipe conn to room on node owner; body is what the owner's open_session gets (with `reply`)."""
         key = f"{self.cluster.node_id}:{next(self._numbers)}"
         pipe = self.pipes[key] = Pipe(self, conn, owner, room, key)
-        pipe.open(body)
+        pipe.open({**body, "client_address": conn.client_address})
         return pipe
 
     def _arrived(self, message) -> None:
@@ -198,16 +205,20 @@ class Pipes:
             return
         if message.kind == "o":
             body = json.loads(message.body)
+            end = self.ends[message.key] = RemoteEnd(self, message.key, body["reply"], body.get("client_address"))
             try:
-                self.ends[message.key] = self.open_end(self, message.key, body["reply"], body)
+                end.runner = Runner(end, self.open_session(end, body), name=self.namespace)
             except Exception:
                 _log.failure("{namespace}: opening a piped session failed", namespace=self.namespace)
+                end.internal_error()
+                return
+            end.runner.opened()
             return
         end = self.ends.get(message.key)
-        if end is None:
+        if end is None or end.runner is None:
             return
         if message.kind == "f":
-            end.dispatch(message.body)
+            end.runner.received(message.body, False)
         elif message.kind == "g":
             end.gone()
 

@@ -136,9 +136,10 @@ class RelaydProtocol(WebSocketServerProtocol):
                 self.slot.websocket = self
             if self.factory.keepalive is not None:
                 self.factory.keepalive.watch(self)
-            if self.session_class is not None:
-                self.session = self.session_class(self.factory.app, self)
-                self.runner = Runner(self, self.session, name=self.factory.app_name)
+            session = self.make_session()
+            if session is not None:
+                self.session = session
+                self.runner = Runner(self, session, name=self.factory.app_name)
                 self.runner.opened()
                 return
             self.opened()
@@ -238,6 +239,12 @@ class RelaydProtocol(WebSocketServerProtocol):
         return self._budget.take(self._clock.seconds(), size)
 
     # ---- hooks for adapters ------------------------------------------------------------------
+
+    def make_session(self):
+        """This client's ISession; by default the protocol's session_class(app, connection)."""
+        if self.session_class is None:
+            return None
+        return self.session_class(self.factory.app, self)
 
     def rate_role(self) -> str:
         """The role whose rate limits this connection sends under now (see AppSpec.roles)."""

@@ -39,6 +39,7 @@ from relayd.apps.base import App
 from relayd.apps.gameroom.core import LOG_CHUNK, GameRoom, Player, Room, Settings, player_channel, room_channel
 from relayd.apps.gameroom.roomstore import LocalRoomStore
 from relayd.apps.gameroom.scheduler import TickScheduler
+from relayd.apps.gameroom.session import GameRoomSession
 from relayd.errors import ProtocolError
 from relayd.quota import AddressQuota
 from relayd.web.endpoint import JSONEndpoint
@@ -48,131 +49,13 @@ from relayd.ws.frames import Frame
 from relayd.ws.protocol import RelaydProtocol
 
 _log = Logger()
-MAX_CATCHUP = 1000
 
 
-def _parse(payload: bytes) -> dict:
-    try:
-        return jsonutil.loads_typed(payload)
-    except jsonutil.BadJSON as e:
-        raise ProtocolError("malformed_message", str(e)) from None
+class GameRoomProtocol(RelaydProtocol):
+    """A player's or spectator's WebSocket: the URL names the room and the mode; the logic is a GameRoomSession."""
 
-
-class GameSession:
-    """
-    One client's part in a room: spectating, joining, playing. It runs where the room is: in the
-    client's connection (GameRoomProtocol), or, on several nodes, in a RemoteEnd on the room's owner
-    node (relayd.apps.gameroom.cluster). Its host gives `app`, `room`, `mode`, `send`, `close`, `report`.
-    """
-
-    room: Room | None = None
-    player: Player | None = None
-    spectator = False
-    subscriptions = ()
-    mode = "play"
-
-    def report(self, error: ProtocolError) -> None:
-        """The protocol's error form; an error that closes closes with 1008."""
-        self.send(Frame.json({"type": "error", "error": error.kind, "message": error.message}))
-        if error.close:
-            self.close(closecodes.POLICY, error.message)
-
-    def start_session(self) -> None:
-        if self.mode == "watch":
-            self._spectate()
-
-    def _subscribe(self, *channels: str) -> None:
-        bus = self.app.bus
-        self.subscriptions = [bus.subscribe(c, self.send) for c in channels]
-
-    def _spectate(self) -> None:
-        room = self.room
-        self.spectator = True
-        self._subscribe(room_channel(room.id))
-        self.send(Frame.json(self.app.core.welcome(room, None, None)))
-        for master in room.log:
-            self.send(Frame(master))
-
-    def handle(self, payload: bytes) -> None:
-        app = self.app
-        core, room, now = app.core, self.room, app.reactor.seconds()
-        message = _parse(payload)
-        kind = message["type"]
-        if kind == "catchup":
-            for master in core.catchup(room, message.get("from"), MAX_CATCHUP):
-                self.send(Frame(master))
-            return
-        if self.spectator:
-            raise ProtocolError("spectator", "spectators only watch")
-        if self.player is None:
-            if kind != "join":
-                raise ProtocolError("not_joined", "send join first")
-            self._join(message, now)
-            return
-        if kind == "commands":
-            core.packet(room, self.player, message, now)
-        elif kind == "setup":
-            core.change_setup(room, self.player, message.get("changes"), now)
-        elif kind == "ready":
-            core.set_ready(room, self.player, message.get("ready"), now)
-            app.ensure_ticking()
-        elif kind == "finish":
-            core.finish(room, self.player, message.get("result"), now)
-        elif kind == "join":
-            raise ProtocolError("already_joined", "this connection has joined")
-        else:
-            raise ProtocolError("unknown_type", f"unknown message type {kind[:40]}")
-
-    def _join(self, message: dict, now: float) -> None:
-        app = self.app
-        core, room = app.core, self.room
-        if "session" in message:
-            player = core.rejoin(room, message["session"], now)
-            app.ensure_ticking()
-            previous = app.live.get((room.id, player.pid))
-            if previous is not None and previous is not self:
-                previous.player = None  # its close must not mark the player away
-                previous.close(closecodes.REPLACED, "the session continued on a newer connection")
-            self._as_player(player, None)
-            from_turn = message.get("from_turn", 0)
-            for master in core.catchup(room, from_turn, len(room.log)):
-                self.send(Frame(master))
-            return
-        try:
-            player, token = core.join(room, message.get("name"), message.get("user_id"), now)
-        except ProtocolError as e:
-            if e.kind in ("game_running", "room_full") and room.settings.late_joiners == "spectate":
-                self._spectate()
-                return
-            raise ProtocolError(e.kind, e.message, close=True) from None
-        self._as_player(player, token)
-
-    def _as_player(self, player: Player, token: str | None) -> None:
-        app = self.app
-        room = self.room
-        self.player = player
-        app.live[(room.id, player.pid)] = self
-        self._subscribe(room_channel(room.id), player_channel(room.id, player.pid))
-        self.send(Frame.json(app.core.welcome(room, player, token)))
-
-    def end_session(self) -> None:
-        app = self.app
-        for subscription in self.subscriptions:
-            subscription.cancel()
-        self.subscriptions = ()
-        player, self.player = self.player, None
-        if player is not None and self.room is not None:
-            if app.live.get((self.room.id, player.pid)) is self:
-                del app.live[(self.room.id, player.pid)]
-            if app.core.rooms.get(self.room.id) is self.room:
-                app.core.left(self.room, player, app.reactor.seconds())
-
-
-class GameRoomProtocol(GameSession, RelaydProtocol):
-    """A client's WebSocket; its GameSession runs here, or (several nodes) is piped to the room's node."""
-
-    pipe = None  # relayd.backplane.pipes.Pipe while the room is on another node
-    owner = None  # that node, found while connecting
+    owner = None  # the node holding the room, when it is another one (found while connecting)
+    room = None
 
     @property
     def app(self) -> "GameRoomApp":
@@ -206,26 +89,8 @@ class GameRoomProtocol(GameSession, RelaydProtocol):
             raise ConnectionDeny(404, "no such room")
         self.room, self.owner = room, owner
 
-    def send(self, frame: Frame) -> None:
-        self.send_frame(frame)
-
-    def opened(self) -> None:
-        if self.owner is not None:
-            self.pipe = self.app.router.pipe(self, self.owner, self.room_id)
-            return
-        self.start_session()
-
-    def received(self, payload: bytes, is_binary: bool) -> None:
-        if self.pipe is not None:
-            self.pipe.forward(payload)
-        else:
-            self.handle(payload)
-
-    def closed(self) -> None:
-        if self.pipe is not None:
-            self.pipe.closed()
-            self.pipe = None
-        self.end_session()
+    def make_session(self):
+        return GameRoomSession(self.app, self, self.room, self.mode, owner=self.owner, room_id=self.room_id)
 
 
 class Create(JSONEndpoint):
@@ -335,14 +200,14 @@ class GameRoomApp(App):
         )
         self.create_quota = AddressQuota(o["creates_per_address"], o["create_window"], self.reactor)
         self.core = GameRoom(self.bus, self.settings)
-        self.live: dict[tuple[str, str], GameSession] = {}
+        self.live: dict[tuple[str, str], GameRoomSession] = {}
         self.router = None
         if self.cluster is None:
             self.room_store = LocalRoomStore(self.store)
         else:
             from relayd.apps.gameroom.cluster import Router
 
-            self.router = Router(self, self.cluster, clock=self.reactor, session_class=GameSession)
+            self.router = Router(self, self.cluster, clock=self.reactor)
             self.room_store = self.router.store
         self.scheduler = TickScheduler(
             self.reactor, o["tick_interval"], self._tick,

@@ -16,24 +16,13 @@ from relayd.apps.gameroom.roomstore import RedisRoomStore
 from relayd.backplane.cluster import Cluster
 from relayd.backplane.leases import Leases
 from relayd.backplane.pipes import MOVED, SERVICE_RESTART, Pipes, RemoteEnd
-from relayd.errors import ProtocolError
 from relayd.periodic import Periodic
 
 _log = Logger()
 
 
-class RemoteGame(RemoteEnd):
-    """The room's side of a pipe; mixed with the adapter's GameSession (see Router.__init__)."""
-
-    def __init__(self, pipes: Pipes, key: str, reply: str, app, room, mode: str):
-        RemoteEnd.__init__(self, pipes, key, reply)
-        self.app = app
-        self.room = room
-        self.mode = mode
-
-
 class Router(MultiService):
-    def __init__(self, app, cluster: Cluster, *, clock, session_class):
+    def __init__(self, app, cluster: Cluster, *, clock):
         super().__init__()
         self.app = app
         self.cluster = cluster
@@ -41,8 +30,7 @@ class Router(MultiService):
         self.leases = Leases(cluster, "gameroom:room", clock=clock, lost=self._lost)
         self.leases.setServiceParent(self)
         self.store = RedisRoomStore(cluster)
-        self.remote_class = type("RemoteGameSession", (RemoteGame, session_class), {})
-        self.pipes = Pipes(app.bus, cluster, "gameroom", app.metrics, self._open_remote)
+        self.pipes = Pipes(app.bus, cluster, "gameroom", app.metrics, self._open_session)
         Periodic("gameroom pipe checks", cluster.node_timeout / 2, self.keep, clock=clock,
                  now=False).setServiceParent(self)
 
@@ -78,20 +66,15 @@ class Router(MultiService):
         stored = yield self.store.load(room_id)
         return None if stored is None else view(self.app.core.build(*stored))
 
-    def pipe(self, conn, owner: str, room_id: str):
-        return self.pipes.connect(conn, owner, room_id, {"room": room_id, "mode": conn.mode})
+    def pipe(self, conn, owner: str, room_id: str, mode: str):
+        return self.pipes.connect(conn, owner, room_id, {"room": room_id, "mode": mode})
 
-    def _open_remote(self, pipes: Pipes, key: str, reply: str, body: dict):
-        room = self.app.core.rooms.get(body["room"])
-        end = self.remote_class(pipes, key, reply, self.app, room, body["mode"])
-        if room is None:
-            end.close(SERVICE_RESTART, MOVED)
-            return end
-        try:
-            end.start_session()
-        except ProtocolError as e:
-            end._protocol_error(e)
-        return end
+    def _open_session(self, end: RemoteEnd, body: dict):
+        # the room's session for a client on another node (a room gone from here tells it to reconnect)
+        from relayd.apps.gameroom.session import GameRoomSession
+
+        return GameRoomSession(self.app, end, self.app.core.rooms.get(body["room"]), body["mode"],
+                               room_id=body["room"])
 
     def keep(self) -> None:
         if self.cluster.up:
@@ -101,7 +84,7 @@ class Router(MultiService):
         """Another node holds this room now (this one was cut off): its clients here reconnect there."""
         for (rid, _), session in list(self.app.live.items()):
             if rid == room_id:
-                session.close(SERVICE_RESTART, MOVED)
+                session.conn.close(SERVICE_RESTART, MOVED)
         for end in list(self.pipes.ends.values()):
             if end.room is not None and end.room.id == room_id:
                 end.close(SERVICE_RESTART, MOVED)

@@ -24,7 +24,8 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from relayd import jsonutil
-from relayd.apps.groovejet.core import CODE_ALPHABET, CODE_LENGTH, _token_key, error
+from relayd.apps.groovejet.core import CODE_ALPHABET, CODE_LENGTH, error, token_digest
+from relayd.apps.groovejet.session import GroovejetSession, parse_message
 from relayd.backplane.cluster import Cluster, Unavailable
 from relayd.backplane.leases import Leases
 from relayd.backplane.pipes import MOVED, SERVICE_RESTART, Pipes, RemoteEnd
@@ -79,7 +80,7 @@ class Directory:
     def room_of_token(self, token) -> defer.Deferred:
         if not isinstance(token, str):
             return defer.succeed(None)
-        d = self.cluster.call("GET", self._token_key(_token_key(token)))
+        d = self.cluster.call("GET", self._token_key(token_digest(token)))
         return d.addCallback(lambda code: None if code is None else code.decode())
 
     @defer.inlineCallbacks
@@ -91,19 +92,10 @@ class Directory:
         return json.loads(raw)
 
 
-class RemoteClient(RemoteEnd):
-    """The room's side of a pipe; mixed with the adapter's Session (see Router.__init__)."""
-
-    def __init__(self, pipes: Pipes, key: str, reply: str, app, params: dict):
-        RemoteEnd.__init__(self, pipes, key, reply)
-        self.app = app
-        self.params = params
-
-
 class Router(MultiService):
     """Where each client's Session runs, and the loops that keep rooms and pipes true."""
 
-    def __init__(self, app, cluster: Cluster, *, clock, session_class, record_ttl: float):
+    def __init__(self, app, cluster: Cluster, *, clock, record_ttl: float):
         super().__init__()
         self.app = app
         self.cluster = cluster
@@ -111,92 +103,61 @@ class Router(MultiService):
         self.leases = Leases(cluster, "groovejet:room", clock=clock, lost=self._lost)
         self.leases.setServiceParent(self)
         self.directory = Directory(cluster, self.leases, record_ttl)
-        self.remote_class = type("RemoteSession", (RemoteClient, session_class), {})
-        self.pipes = Pipes(app.bus, cluster, "groovejet", app.metrics, self._open_remote)
+        self.pipes = Pipes(app.bus, cluster, "groovejet", app.metrics, self._open_session)
         Periodic("groovejet room upkeep", cluster.node_timeout / 3, self.keep, clock=clock,
                  now=False).setServiceParent(self)
 
     # ---- where a client goes -------------------------------------------------------------------
 
-    def route_opening(self, conn) -> None:
-        """A new connection (held): its query names a room, a resume token, or neither (lobby)."""
-        resume, codes = conn.params.get("resume"), conn.params.get("code", [])
+    def route_opening(self, session) -> defer.Deferred:
+        """A new connection: its query names a room, a resume token, or neither (lobby). Fires once placed."""
+        resume, codes = session.params.get("resume"), session.params.get("code", [])
         if resume and len(resume) == 1:
             d = self.directory.room_of_token(resume[0])
         else:
             d = defer.succeed(codes[0].lower() if len(codes) == 1 and codes[0] else None)
-        d.addCallback(self._place)
-        d.addCallbacks(self._opened_at, self._opening_failed, callbackArgs=(conn,), errbackArgs=(conn,))
+        return d.addCallback(self._place).addCallback(self._opened_at, session)
 
-    def _opened_at(self, where, conn) -> None:
-        if not conn.still_open():
+    def _opened_at(self, where, session) -> None:
+        if not session.conn.still_open():
             return
         node, code = where
         if node is None:
-            conn.ahead_of_held(conn.start_session)
+            session.start_session()
         else:
-            conn.pipe = self._pipe(conn, node, code, True, self.app.core.new_identity())
-        conn.release()
+            session.pipe = self._pipe(session.conn, node, code, True, self.app.core.new_identity(), session.params)
 
-    def _pipe(self, conn, node: str, code: str, announce: bool, identity: tuple[str, str]):
-        return self.pipes.connect(conn, node, code, {"params": conn.params, "announce": announce,
+    def _pipe(self, conn, node: str, code: str, announce: bool, identity: tuple[str, str], params: dict):
+        return self.pipes.connect(conn, node, code, {"params": params, "announce": announce,
                                                        "client_id": identity[0], "token": identity[1]})
 
-    def _open_remote(self, pipes: Pipes, key: str, reply: str, body: dict):
-        client = self.remote_class(pipes, key, reply, self.app, body["params"])
-        identity = (body["client_id"], body["token"])
-        try:
-            if body["announce"]:
-                client.start_session(identity)
-            else:
-                client._take_identity(*identity)
-        except ProtocolError as e:
-            client._protocol_error(e)
-        return client
+    def _open_session(self, end: RemoteEnd, body: dict):
+        # the room's session for a client on another node
+        return GroovejetSession(self.app, end, body["params"], piped=body)
 
-    def _opening_failed(self, failure, conn) -> None:
-        if not conn.still_open():
-            return
-        if failure.check(Unavailable):
-            conn.send(Frame.json({"type": "error", "errorType": "unavailable",
-                                  "errorMessage": "rooms cannot be reached now; try again"}))
-            conn.close(closecodes.TRY_AGAIN_LATER, "rooms cannot be reached now")
-        else:
-            conn.failed(failure)
-
-    def route_lobby(self, conn, payload: bytes) -> None:
+    def route_lobby(self, session, payload: bytes):
         """A lobby message: joinRoom and resume go where their room is; the rest is handled here."""
-        from relayd.apps.groovejet.adapter import _parse
-
-        value = _parse(payload)
+        value = parse_message(payload)
         data = value.get("data") if isinstance(value.get("data"), dict) else {}
         if value["type"] == "joinRoom" and isinstance(data.get("roomCode"), str) and data["roomCode"]:
             d = self._place(data["roomCode"].lower())
         elif value["type"] == "resume":
             d = self.directory.room_of_token(data.get("token")).addCallback(self._place)
         else:
-            conn.handle(payload)
-            return
-        conn.hold()
-        d.addCallbacks(self._lobby_at, self._lobby_failed, callbackArgs=(conn, payload), errbackArgs=(conn,))
+            return session.handle(payload)
+        return d.addCallback(self._lobby_at, session, payload)
 
-    def _lobby_at(self, where, conn, payload: bytes) -> None:
-        if not conn.still_open():
-            return
+    def _lobby_at(self, where, session, payload: bytes):
+        if not session.conn.still_open():
+            return None
         node, code = where
         if node is None:
-            conn.ahead_of_held(conn.handle, payload)
-        else:
-            identity = (conn.client_id, conn.token)
-            conn.end_session()  # the identity's session moves to the room's node
-            conn.pipe = self._pipe(conn, node, code, False, identity)
-            conn.pipe.forward(payload)
-        conn.release()
-
-    def _lobby_failed(self, failure, conn) -> None:
-        if conn.still_open():
-            conn.failed(failure)
-            conn.release()
+            return session.handle(payload)
+        identity = (session.client_id, session.token)
+        session.end_session()  # the identity's session moves to the room's node
+        session.pipe = self._pipe(session.conn, node, code, False, identity, session.params)
+        session.pipe.forward(payload)
+        return None
 
     @defer.inlineCallbacks
     def _place(self, code):
@@ -237,7 +198,7 @@ class Router(MultiService):
             session = self.app.live.get(seat.client_id)
             if session is not None:
                 session.seat = None
-                session.close(SERVICE_RESTART, MOVED)
+                session.conn.close(SERVICE_RESTART, MOVED)
         core.drop_room(code)
 
     @staticmethod

@@ -36,7 +36,7 @@ def message(kind: str, data: Any = None) -> Frame:
     return Frame.json({"type": kind} if data is None else {"type": kind, "data": data})
 
 
-def _token_key(token: str) -> str:
+def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()
 
 
@@ -50,7 +50,7 @@ class Seat:
                  token_key: str | None = None):
         self.client_id = client_id
         self.token = token  # None for a seat restored from a record, until its client resumes
-        self.token_key = token_key if token_key is not None else _token_key(token)
+        self.token_key = token_key if token_key is not None else token_digest(token)
         self.room = room
         self.is_host = is_host
         self.connected = True
@@ -127,7 +127,7 @@ class Groovejet:
     def resume(self, token: Any) -> Seat:
         """The seat a reconnect token holds, if it is still kept; its client is connected again.
         The caller takes the seat's identity, then calls announce_return(seat)."""
-        seat = self.seats_by_token.get(_token_key(token)) if isinstance(token, str) else None
+        seat = self.seats_by_token.get(token_digest(token)) if isinstance(token, str) else None
         if seat is None:
             raise error("invalidToken", "no seat is kept for this reconnect token")
         if seat.grace_timer is not None and seat.grace_timer.active():
@@ -211,7 +211,7 @@ class Groovejet:
             raise error("hostDisconnected", "the room has no host connected", close=first_generation)
         self._order += 1
         seat = Seat(client_id, token, room, become_host, self.clock.seconds(), self._order)
-        self.seats_by_token[_token_key(token)] = seat
+        self.seats_by_token[token_digest(token)] = seat
         self._cancel_expiry(room)
         if not room.claimed:
             room.claimed = True
