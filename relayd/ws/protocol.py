@@ -1,10 +1,11 @@
 """
 The WebSocket connection every app adapter builds on.
 
-It owns what is the same for every app: origin checks, the inbound rate limit, metrics and logging,
-guarding Autobahn's callbacks (Autobahn swallows errors raised in onConnect/onOpen), turning a
-ProtocolError into the app's error form, the drain close (1001), and the one outbound path with the
-slow-consumer policy.
+It owns what is the same for every app: the inbound rate and byte budgets, metrics and logging,
+guarding Autobahn's callbacks (Autobahn swallows errors raised in onConnect/onOpen), the drain close
+(1001), and the one outbound path with the slow-consumer policy. It is the IConnection of
+relayd.session: the app's per-client logic is an ISession (session_class, or make_session()) that
+a Runner drives; the protocol itself holds none.
 
 Outbound flow control: the connection registers itself as the transport's streaming producer. While
 the transport's buffer is full (the peer is not reading), frames wait in a per-connection queue
@@ -12,8 +13,8 @@ instead of the transport; the queue is bounded by bytes (max_send_backlog) and b
 transport has stayed blocked (max_send_backlog_age). Past either bound the connection is closed
 with SLOW_CONSUMER and aborted, so one stuck reader costs bounded memory and never delays others.
 
-Adapters override the hooks: connecting(request), opened(), received(payload, is_binary),
-closed(), and report(error) for their protocol's error form.
+An app's protocol subclass names its session_class and, where the protocol needs it, parses the
+upgrade request in connecting(request) and passes what it found to the session in make_session().
 """
 
 from __future__ import annotations
@@ -136,13 +137,9 @@ class RelaydProtocol(WebSocketServerProtocol):
                 self.slot.websocket = self
             if self.factory.keepalive is not None:
                 self.factory.keepalive.watch(self)
-            session = self.make_session()
-            if session is not None:
-                self.session = session
-                self.runner = Runner(self, session, name=self.factory.app_name)
-                self.runner.opened()
-                return
-            self.opened()
+            self.session = self.make_session()
+            self.runner = Runner(self, self.session, name=self.factory.app_name)
+            self.runner.opened()
         except ProtocolError as e:
             self._protocol_error(e)
         except Exception:
@@ -167,10 +164,8 @@ class RelaydProtocol(WebSocketServerProtocol):
         try:
             if isBinary and not self.accepts_binary:
                 self.binary(payload)
-            elif self.runner is not None:
-                self.runner.received(payload, isBinary)
             else:
-                self.received(payload, isBinary)
+                self.runner.received(payload, isBinary)
         except ProtocolError as e:
             self._protocol_error(e)
         except Exception:
@@ -218,11 +213,6 @@ class RelaydProtocol(WebSocketServerProtocol):
         metrics.closed(sent if sent is not None else (code if code is not None else 1006))
         if self.runner is not None:
             self.runner.closed()
-            return
-        try:
-            self.closed()
-        except Exception:
-            self._log.failure("{app}: cleaning up a connection failed", app=self.factory.app_name)
 
     def use_role(self, role: str) -> None:
         """This connection now sends as `role` (a game server, a host): its rate limits follow."""
@@ -241,9 +231,7 @@ class RelaydProtocol(WebSocketServerProtocol):
     # ---- hooks for adapters ------------------------------------------------------------------
 
     def make_session(self):
-        """This client's ISession; by default the protocol's session_class(app, connection)."""
-        if self.session_class is None:
-            return None
+        """This client's ISession (relayd.session); by default the protocol's session_class(app, connection)."""
         return self.session_class(self.factory.app, self)
 
     def rate_role(self) -> str:
@@ -254,22 +242,13 @@ class RelaydProtocol(WebSocketServerProtocol):
         """Inspect the upgrade request; raise ProtocolError or ConnectionDeny to refuse it."""
         return None
 
-    def opened(self) -> None:
-        """The WebSocket is open."""
-
-    def received(self, payload: bytes, is_binary: bool) -> None:
-        """A message arrived."""
-
     def binary(self, payload: bytes) -> None:
         """A binary message on a text protocol: closed with 1003 unless the adapter says otherwise."""
         raise ProtocolError("binary_frame", "binary messages are not part of this protocol", close=True,
                             code=closecodes.UNSUPPORTED_DATA)
 
-    def closed(self) -> None:
-        """The connection is gone; release everything it held."""
-
     def report(self, error: ProtocolError) -> None:
-        """Put a ProtocolError on the wire in the protocol's own form; by default close when it says so."""
+        """Put a ProtocolError on the wire in the protocol's own form: the session's."""
         if self.session is not None:
             self.session.report(error)
         elif error.close:
