@@ -67,8 +67,9 @@ class IConnection(Interface):
 class ISession(Interface):
     """One client's part in an app."""
 
-    unavailable = Attribute("The ProtocolError this app answers when a shared service is away.")
-    too_many_held = Attribute("Optional: the ProtocolError for more than MAX_HELD frames waiting.")
+    unavailable = Attribute(
+        "The ProtocolError this app answers when a shared service is away. A session may also have "
+        "too_many_held, the ProtocolError for more than MAX_HELD frames waiting (else TOO_MANY_HELD).")
 
     def opened() -> Any:
         """The client is connected; may return a Deferred (its frames wait meanwhile)."""

@@ -122,7 +122,7 @@ def _latest_text(timestamp: int, score: int, recent) -> str:
 @implementer(IClickerState)
 class RedisState:
     def __init__(self, core: ClickerCore, cluster: Cluster, bus, store, *, clock):
-        self.core = core  # only its id and secret generators, and this node's live connections
+        self.core = core  # its id and secret generators, this node's live connections and copies of latest scores
         self.cluster = cluster
         self.bus = bus
         self.store = store
@@ -223,8 +223,11 @@ class RedisState:
 
         def answered(accepted):
             if accepted == 1:
-                self._keep_locally(LATEST, device, {"timestamp": score.timestamp, "score": score.score,
-                                                    "recent": [score.timestamp]})
+                # the local copy remembers as many recent timestamps as Redis and one node do, so a
+                # copy written back after Redis restarts empty still recognises a retried score
+                latest = self.core.propose(device, score)
+                self.core.commit(device, latest)
+                self._keep_locally(LATEST, device, latest.to_json())
             return accepted == 1
 
         return d.addCallback(answered)
