@@ -662,7 +662,7 @@ class GroovejetAcrossNodes(ClusterTestCase):
         guest = yield self.connect(c, f"?code={code}")
         host_token, guest_token = self.identity(host)["reconnectToken"], self.identity(guest)["reconnectToken"]
         a.service.cluster.stopService = lambda: None
-        keeper = a.service.apps["groovejet"].router
+        keeper = a.service.apps["groovejet"].placement
         stop_periodic(keeper.leases)
         keeper.leases.stopService = lambda: None
         stop_periodic(a.service.cluster)
@@ -692,7 +692,7 @@ class GroovejetAcrossNodes(ClusterTestCase):
         guest.sendClose(1000)
         yield guest.when_closed
         app_a, app_b = a.service.apps["groovejet"], b.service.apps["groovejet"]
-        yield until(lambda: not app_a.router.pipes.ends and len(app_a.core.rooms[code].guests) == 0,
+        yield until(lambda: not app_a.placement.pipes.ends and len(app_a.core.rooms[code].guests) == 0,
                     what="the first guest to be gone")
         channels_a, channels_b = a.service.bus.channel_count(), b.service.bus.channel_count()
         for _ in range(3):
@@ -706,7 +706,7 @@ class GroovejetAcrossNodes(ClusterTestCase):
             for g in guests:
                 g.sendClose(1000)
                 yield g.when_closed
-        yield until(lambda: not app_a.router.pipes.ends and not app_b.router.pipes.pipes
+        yield until(lambda: not app_a.placement.pipes.ends and not app_b.placement.pipes.pipes
                     and len(app_a.core.rooms[code].guests) == 0, what="every pipe and seat to be gone")
         yield until(lambda: (a.service.bus.channel_count(), b.service.bus.channel_count()) == (channels_a, channels_b),
                     what="the bus channels to return to where they were")
@@ -787,9 +787,9 @@ class GameroomAcrossNodes(ClusterTestCase):
         yield until(lambda: len({p.player.executed for p in players}) == 1 and room_a.persisted >= room_a.turn
                     and room_id not in app_a.core.dirty, what="the last turns at the players and in Redis")
         a.service.cluster.stopService = lambda: None
-        router = a.service.apps["gameroom"].router
-        stop_periodic(router.leases)
-        router.leases.stopService = lambda: None
+        placement = a.service.apps["gameroom"].placement
+        stop_periodic(placement.leases)
+        placement.leases.stopService = lambda: None
         a.service.apps["gameroom"].scheduler.stop()
         stop_periodic(a.service.apps["gameroom"].services)
         stop_periodic(a.service.cluster)

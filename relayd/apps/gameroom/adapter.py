@@ -78,10 +78,10 @@ class GameRoomProtocol(RelaydProtocol):
         if room is not None:
             self.room = room
             return None
-        if app.router is None or not room_id:
+        if app.placement is None or not room_id:
             raise ConnectionDeny(404, "no such room")
         # several nodes: the room may be on another node, or its node gone and the room to take over
-        return app.router.find(room_id).addCallback(self._found)
+        return app.placement.find(room_id).addCallback(self._found)
 
     def _found(self, where) -> None:
         room, owner = where
@@ -118,10 +118,10 @@ class Create(JSONEndpoint):
             if isinstance(e, jsonutil.BadJSON):
                 return self.answer(request, 400, {"error": f"not JSON: {e}"})
             return self.answer(request, 503 if e.kind == "too_many_rooms" else 400, {"error": e.message})
-        if self.app.router is None:
+        if self.app.placement is None:
             return self._created(request, room)
         # several nodes: the room is this node's once its lease is
-        return _later(request, self.app.router.claim(room.id).addCallbacks(
+        return _later(request, self.app.placement.claim(room.id).addCallbacks(
             lambda held: self._created(request, room) if held else self._refused(request, room, "room id in use"),
             lambda failure: self._refused(request, room, failure.getErrorMessage()),
         ))
@@ -171,10 +171,10 @@ class Lookup(JSONEndpoint):
         room = self.app.core.rooms.get(room_id)
         if room is not None:
             return self.answer(request, 200, self.view(room))
-        if self.app.router is None or not room_id:
+        if self.app.placement is None or not room_id:
             return self.answer(request, 404, {"error": "no such room"})
         # several nodes: the room as its node last wrote it
-        return _later(request, self.app.router.stored_view(room_id, self.view).addCallbacks(
+        return _later(request, self.app.placement.stored_view(room_id, self.view).addCallbacks(
             lambda view: self.answer(request, 404, {"error": "no such room"}) if view is None
             else self.answer(request, 200, view),
             lambda failure: self.answer(request, 503, {"error": "rooms cannot be reached now; try again"}),
@@ -201,14 +201,14 @@ class GameRoomApp(App):
         self.create_quota = AddressQuota(o["creates_per_address"], o["create_window"], self.reactor)
         self.core = GameRoom(self.bus, self.settings)
         self.live: dict[tuple[str, str], GameRoomSession] = {}
-        self.router = None
+        self.placement = None
         if self.cluster is None:
             self.room_store = LocalRoomStore(self.store)
         else:
-            from relayd.apps.gameroom.cluster import Router
+            from relayd.apps.gameroom.cluster import Placement
 
-            self.router = Router(self, self.cluster, clock=self.reactor)
-            self.room_store = self.router.store
+            self.placement = Placement(self, self.cluster, clock=self.reactor)
+            self.room_store = self.placement.store
         self.scheduler = TickScheduler(
             self.reactor, o["tick_interval"], self._tick,
             on_error=self.metrics.parent.tick_errors.labels(ctx.name).inc,
@@ -238,8 +238,8 @@ class GameRoomApp(App):
                 self.core.restore(meta, log, now)
             except Exception:
                 _log.failure("gameroom: room {room} could not be restored", room=meta.get("id"))
-        if self.router is not None:
-            self.router.startService()
+        if self.placement is not None:
+            self.placement.startService()
         self.ensure_ticking()
 
     def _flush(self):
@@ -262,9 +262,9 @@ class GameRoomApp(App):
         deleted, core.deleted = core.deleted, set()
         if not rooms and not deleted:
             return None
-        if self.router is not None:
+        if self.placement is not None:
             for room_id in deleted:
-                self.router.release(room_id)
+                self.placement.release(room_id)
         d = self._flushing = self.room_store.save(rooms, deleted)
         d.addErrback(self._flush_failed, [meta["id"] for meta, _ in rooms])
         d.addBoth(self._flushed)  # may run at once: a store that wrote synchronously
@@ -295,9 +295,9 @@ class GameRoomApp(App):
         self._flush()
         if self._flushing is not None:
             yield self._flushing
-        if self.router is not None:
+        if self.placement is not None:
             # written first, released then: a node taking a room over finds it as it was left
-            yield self.router.stopService()
+            yield self.placement.stopService()
 
     def accepts_websocket_path(self, postpath) -> bool:
         return (len(postpath) == 2 and postpath[0] in (b"play", b"watch")) or postpath[:1] == [b"join"]

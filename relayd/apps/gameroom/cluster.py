@@ -21,7 +21,7 @@ from relayd.periodic import Periodic
 _log = Logger()
 
 
-class Router(MultiService):
+class Placement(MultiService):
     def __init__(self, app, cluster: Cluster, *, clock):
         super().__init__()
         self.app = app
@@ -31,7 +31,7 @@ class Router(MultiService):
         self.leases.setServiceParent(self)
         self.store = RedisRoomStore(cluster)
         self.pipes = Pipes(app.bus, cluster, "gameroom", app.metrics, self._open_session)
-        Periodic("gameroom pipe checks", cluster.node_timeout / 2, self.keep, clock=clock,
+        Periodic("gameroom pipe checks", cluster.node_timeout / 2, self.upkeep, clock=clock,
                  now=False).setServiceParent(self)
 
     def claim(self, room_id: str) -> defer.Deferred:
@@ -76,7 +76,7 @@ class Router(MultiService):
         return GameRoomSession(self.app, end, self.app.core.rooms.get(body["room"]), body["mode"],
                                room_id=body["room"])
 
-    def keep(self) -> None:
+    def upkeep(self) -> None:
         if self.cluster.up:
             self.pipes.check(self.leases.holder)
 

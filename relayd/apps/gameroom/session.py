@@ -59,7 +59,7 @@ class GameRoomSession:
 
     def opened(self) -> None:
         if self.owner is not None:
-            self.pipe = self.app.router.pipe(self.conn, self.owner, self.room_id, self.mode)
+            self.pipe = self.app.placement.pipe(self.conn, self.owner, self.room_id, self.mode)
         elif self.room is None:
             self.conn.close(closecodes.SERVICE_RESTART, "the room moved to another node; reconnect")
         elif self.mode == "watch":

@@ -159,15 +159,15 @@ class GroovejetApp(App):
         super().__init__(ctx)
         o = self.options
         self.live: dict[str, GroovejetSession] = {}
-        self.router = None
+        self.placement = None
         if self.cluster is None:
             save, forget, seats_changed = self._save, self._forget, None
         else:
-            from relayd.apps.groovejet.cluster import Router
+            from relayd.apps.groovejet.cluster import Placement
 
             ttl = o["room_expiry"] + o["reconnect_grace"] + 3 * self.cluster.node_timeout
-            self.router = Router(self, self.cluster, clock=self.reactor, record_ttl=ttl)
-            save, forget, seats_changed = self._save_shared, self.router.directory.forget, self._seats_changed
+            self.placement = Placement(self, self.cluster, clock=self.reactor, record_ttl=ttl)
+            save, forget, seats_changed = self._save_shared, self.placement.directory.forget, self._seats_changed
         self.create_quota = AddressQuota(o["rooms_per_address"], o["create_window"], self.reactor)
         self.core = Groovejet(
             self.bus, self.reactor,
@@ -186,10 +186,10 @@ class GroovejetApp(App):
 
     def create_room(self):
         """A new room here: at once on one node; on several, once its code is claimed in Redis."""
-        if self.router is None:
+        if self.placement is None:
             return self.core.create_room()
         self.core.check_capacity()
-        return self.router.directory.claim_new_code().addCallback(self.core.create_room)
+        return self.placement.directory.claim_new_code().addCallback(self.core.create_room)
 
     def _save(self, code: str, record: dict) -> defer.Deferred:
         """Fires True once the room is durable, False (logged) when the store failed."""
@@ -198,7 +198,7 @@ class GroovejetApp(App):
     def _save_shared(self, code: str, record: dict) -> defer.Deferred:
         room = self.core.rooms.get(code)
         full = room.record(with_seats=True) if room is not None else record
-        return self.router.directory.save(code, full).addErrback(self._store_failed, code)
+        return self.placement.directory.save(code, full).addErrback(self._store_failed, code)
 
     def _seats_changed(self, room) -> None:
         self._save_shared(room.code, room.record(with_seats=True))
@@ -217,17 +217,17 @@ class GroovejetApp(App):
 
     @defer.inlineCallbacks
     def start(self):
-        if self.router is not None:
+        if self.placement is not None:
             # several nodes: rooms live in Redis; this node's store is not theirs
-            self.router.startService()
+            self.placement.startService()
             return
         for code, record in (yield self.store.items(ROOMS)):
             self.core.restore_room(code, record)
 
     def stop(self):
         self.core.shutdown()
-        if self.router is not None:
-            return self.router.stopService()
+        if self.placement is not None:
+            return self.placement.stopService()
         return None
 
     def http_resource(self):

@@ -92,7 +92,7 @@ class Directory:
         return json.loads(raw)
 
 
-class Router(MultiService):
+class Placement(MultiService):
     """Where each client's Session runs, and the loops that keep rooms and pipes true."""
 
     def __init__(self, app, cluster: Cluster, *, clock, record_ttl: float):
@@ -104,7 +104,7 @@ class Router(MultiService):
         self.leases.setServiceParent(self)
         self.directory = Directory(cluster, self.leases, record_ttl)
         self.pipes = Pipes(app.bus, cluster, "groovejet", app.metrics, self._open_session)
-        Periodic("groovejet room upkeep", cluster.node_timeout / 3, self.keep, clock=clock,
+        Periodic("groovejet room upkeep", cluster.node_timeout / 3, self.upkeep, clock=clock,
                  now=False).setServiceParent(self)
 
     # ---- where a client goes -------------------------------------------------------------------
@@ -179,7 +179,7 @@ class Router(MultiService):
 
     # ---- keeping it true -----------------------------------------------------------------------
 
-    def keep(self) -> None:
+    def upkeep(self) -> None:
         if not self.cluster.up:
             return
         core = self.app.core

@@ -68,7 +68,7 @@ class GroovejetSession:
             self.conn.close(e.code, e.message)
 
     def opened(self):
-        router = self.app.router
+        placement = self.app.placement
         if self.piped is not None:
             identity = (self.piped["client_id"], self.piped["token"])
             if self.piped["announce"]:
@@ -76,17 +76,17 @@ class GroovejetSession:
             else:
                 self._take_identity(*identity)
             return None
-        if router is None:
+        if placement is None:
             self.start_session()
             return None
-        return router.route_opening(self)
+        return placement.route_opening(self)
 
     def received(self, payload: bytes, is_binary: bool):
         if self.pipe is not None:
             self.pipe.forward(payload)
             return None
-        if self.seat is None and self.piped is None and self.app.router is not None:
-            return self.app.router.route_lobby(self, payload)
+        if self.seat is None and self.piped is None and self.app.placement is not None:
+            return self.app.placement.route_lobby(self, payload)
         return self.handle(payload)
 
     def closed(self) -> None:
