@@ -506,3 +506,28 @@ class AnonymousRoomTests(TestCase):
         for _ in range(5):
             status, _, _ = h.http("POST", "/groovejet/rooms", headers={"Authorization": f"Bearer {token}"})
             self.assertEqual(status, 200)
+
+
+class StartRaceTests(TestCase):
+    def test_a_stored_record_never_replaces_a_live_room(self):
+        """A room created while the store is still read at start is not replaced by its own stored record."""
+        h = harness()
+        host, code = gen2_host(h)
+        core = h.app("groovejet").core
+        live = core.rooms[code]
+        core.restore_room(code, {"created": 0, "snapshot": None, "claimed": True})
+        self.assertIs(core.rooms[code], live)
+        host.sendClose(1000)
+        h.flush()
+        core.shutdown()
+        self.assertFalse(any(s.grace_timer and s.grace_timer.active() for s in [live.host, *live.guests.values()] if s))
+
+    def test_no_timer_after_shutdown(self):
+        """A connection that goes after the app stopped starts no grace timer (nothing outlives the daemon)."""
+        h = harness()
+        host, code = gen2_host(h)
+        core = h.app("groovejet").core
+        core.shutdown()
+        host.sendClose(1000)
+        h.flush()
+        self.assertEqual([c for c in h.reactor.getDelayedCalls() if c.func == core._grace_over], [])

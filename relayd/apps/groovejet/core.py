@@ -117,6 +117,7 @@ class Groovejet:
         self.rooms: dict[str, Room] = {}
         self.seats_by_token: dict[str, Seat] = {}
         self._order = 0
+        self._stopped = False  # after shutdown no timer is started: the rooms stay as the store has them
 
     # ---- identities ----------------------------------------------------------------------------
 
@@ -171,6 +172,8 @@ class Groovejet:
         with seats (another node's room, taken over) keeps them for their clients to resume within
         the grace, as if they had all just disconnected.
         """
+        if code in self.rooms:
+            return  # already live here (created while the store was still being read at start)
         room = self.rooms[code] = Room(code, record.get("created", self.clock.seconds()))
         room.snapshot = record.get("snapshot")
         # records written before rooms knew whether they were claimed count as claimed
@@ -279,7 +282,8 @@ class Groovejet:
                 self._send(guest.client_id, message("hostLeft", {"clientId": seat.client_id}))
         elif room.host is not None:
             self._send(room.host.client_id, message("guestLeft", {"clientId": seat.client_id}))
-        seat.grace_timer = self.clock.callLater(self.grace, self._grace_over, seat)
+        if not self._stopped:
+            seat.grace_timer = self.clock.callLater(self.grace, self._grace_over, seat)
 
     def _grace_over(self, seat: Seat) -> None:
         seat.grace_timer = None
@@ -324,6 +328,8 @@ class Groovejet:
 
     def _schedule_expiry(self, room: Room) -> None:
         self._cancel_expiry(room)
+        if self._stopped:
+            return
         wait = self.expiry if room.claimed else min(self.unclaimed_expiry, self.expiry)
         room.expiry_timer = self.clock.callLater(wait, self._expire, room)
 
@@ -356,7 +362,8 @@ class Groovejet:
             self.seats_by_token.pop(seat.token_key, None)
 
     def shutdown(self) -> None:
-        """Cancel every timer (the daemon is stopping; rooms stay in the store)."""
+        """Cancel every timer, and start none from now on (the daemon is stopping; rooms stay in the store)."""
+        self._stopped = True
         for room in self.rooms.values():
             self._cancel_expiry(room)
             for seat in self._seats(room):
