@@ -479,3 +479,71 @@ class CountingStore(MemoryStore):
     def items(self, namespace):
         self.reads.append(("items", namespace))
         return super().items(namespace)
+
+
+class TurnLengthTests(TestCase):
+    def test_a_slow_player_gets_at_least_its_frame_budget(self):
+        """One player reporting 60 ms frames at 4 iterations: the announced turn reaches 240 ms, not less."""
+        h = harness("min_turn_ms = 50\nmax_turn_ms = 1000\nturn_ms = 100")
+        slow = ReferencePlayer(name="slow", frame_ms=60.0, latency_ms=1.0)
+        fast = ReferencePlayer(name="fast", frame_ms=1.0, latency_ms=1.0)
+        status, _, body = create(h, 2)
+        room_id = json.loads(body)["id"]
+        seats = [Seat(h, room_id, p) for p in (slow, fast)]
+        for seat in seats:
+            seat.send(seat.player.join())
+        play(h, seats, until=lambda: seats[0].player.executed >= 40, step=0.02, rounds=20000)
+        room = h.app("gameroom").core.rooms[room_id]
+        self.assertGreaterEqual(room.turn_ms, 240)
+
+    def test_malformed_join_keeps_the_connection(self):
+        """A join with a bad name is an error that keeps the connection; a good join after it works."""
+        h = harness()
+        status, _, body = create(h, 2)
+        ws = h.ws(f"/gameroom/play/{json.loads(body)['id']}")
+        ws.send_json({"type": "join", "name": ""})
+        h.flush()
+        self.assertEqual(ws.json_messages()[-1]["error"], "malformed_join")
+        self.assertFalse(ws.closed)
+        ws.send_json({"type": "join", "name": "ann"})
+        h.flush()
+        self.assertEqual(ws.json_messages()[-1]["type"], "welcome")
+
+
+class DivergenceTests(TestCase):
+    def _diverge(self, wrong: list[int], players: int = 3):
+        h = harness()
+        room_id, seats = new_game(h, players=players)
+        play(h, seats, until=lambda: all(s.player.executed >= 5 for s in seats))
+        for n in wrong:
+            seats[n].player.engine.acc += 1  # the same wrong state for each of them
+        play(h, seats, until=lambda: seats[0].player.halted is not None)
+        return h, room_id, seats
+
+    def test_the_first_player_can_be_the_odd_one_out(self):
+        """When the first player alone is wrong, it is named; the majority is the reference."""
+        _, _, seats = self._diverge([0])
+        self.assertEqual(seats[1].player.halted["diverged"], ["p1"])
+        self.assertEqual(seats[1].player.halted["reference"], "p2")
+
+    def test_every_player_that_differs_is_named(self):
+        """Two of four players with the same wrong hash are both named, not only the first of them."""
+        _, room_id, seats = self._diverge([1, 3], players=4)
+        self.assertEqual(seats[0].player.halted["diverged"], ["p2", "p4"])
+
+    def test_the_archive_records_every_hash(self):
+        """The divergence event in the archive holds the hash each player reported for that turn."""
+        h, room_id, seats = self._diverge([2])
+        archive = json.loads(h.http("GET", f"/gameroom/archive/{room_id}")[2])
+        [event] = [e for e in archive["events"] if e["event"] == "diverged"]
+        self.assertEqual(sorted(event["hashes"]), ["p1", "p2", "p3"])
+
+    def test_binary_frame_is_the_daemons_rule(self):
+        """A binary frame gets binary_frame and close 1003."""
+        h = harness()
+        status, _, body = create(h, 2)
+        ws = h.ws(f"/gameroom/play/{json.loads(body)['id']}")
+        ws.sendMessage(b"\x00\x01", True)
+        h.flush()
+        self.assertEqual(ws.json_messages()[-1]["error"], "binary_frame")
+        self.assertEqual(ws.close_code, 1003)

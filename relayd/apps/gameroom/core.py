@@ -11,6 +11,8 @@ fed by the app from `dirty`.
 
 from __future__ import annotations
 
+from collections import Counter
+
 import hashlib
 import secrets
 import uuid
@@ -387,8 +389,10 @@ class GameRoom:
                 raise _err("conflicting_packet", f"a different packet for turn {turn} was already accepted")
             return  # a duplicate: idempotent
         room.packets[player.pid] = packet
-        player.latency_ms = latency if not player.latency_ms else 0.8 * player.latency_ms + 0.2 * latency
-        player.frame_ms = frame_ms if not player.frame_ms else 0.8 * player.frame_ms + 0.2 * frame_ms
+        # a slower report counts at once (the turn must hold it); a faster one moves the figure a fifth
+        # of the way, so one quick frame does not shorten every turn
+        player.latency_ms = max(latency, 0.8 * player.latency_ms + 0.2 * latency)
+        player.frame_ms = max(frame_ms, 0.8 * player.frame_ms + 0.2 * frame_ms)
         if state_hash is not None and self._record_hash(room, player, hash_turn, state_hash, now):
             return
         self._close_if_complete(room, now)
@@ -403,26 +407,33 @@ class GameRoom:
         return True
 
     def _record_hash(self, room: Room, player: Player, hash_turn: int, value: str, now: float) -> bool:
-        """Compare with the first player's hash of the same turn; True when the game halted."""
+        """
+        Decide a turn's hashes once every active player reported one; True when the game halted.
+        The agreed state is the hash most players report (a tie goes to the hash of the earliest
+        player in the order, so with two players the first is the reference); every player whose
+        hash differs from it is named.
+        """
         seen = room.hashes.setdefault(hash_turn, {})
         seen[player.pid] = value
-        reference_pid = room.players[0].pid
-        reference = seen.get(reference_pid)
-        if reference is None:
+        active = [p.pid for p in room.players if not p.dropped]
+        if any(pid not in seen for pid in active):
             return False
-        diverged = sorted(pid for pid, h in seen.items() if h != reference)
-        if diverged:
-            room.state = states.transition(room.state, "diverged")
-            self.running.pop(room.id, None)
-            room.ended = now
-            self._event(room, now, "diverged", hash_turn=hash_turn, diverged=diverged, reference=reference_pid,
-                        hashes=dict(seen))
-            self._broadcast(room, _frame("halted", turn=hash_turn, diverged=diverged, reference=reference_pid,
-                                         state=room.state))
-            return True
-        if len(seen) == len([p for p in room.players if not p.dropped]):
+        counts = Counter(seen[pid] for pid in active)
+        if len(counts) == 1:
             del room.hashes[hash_turn]  # every player agreed: nothing left to compare
-        return False
+            return False
+        most = max(counts.values())
+        reference_pid = next(pid for pid in active if counts[seen[pid]] == most)
+        reference = seen[reference_pid]
+        diverged = [pid for pid in active if seen[pid] != reference]
+        room.state = states.transition(room.state, "diverged")
+        self.running.pop(room.id, None)
+        room.ended = now
+        self._event(room, now, "diverged", hash_turn=hash_turn, diverged=diverged, reference=reference_pid,
+                    hashes=dict(seen))
+        self._broadcast(room, _frame("halted", turn=hash_turn, diverged=diverged, reference=reference_pid,
+                                     state=room.state))
+        return True
 
     def _close_turn(self, room: Room, now: float, substituted: list[str]) -> None:
         n = room.turn
@@ -470,8 +481,10 @@ class GameRoom:
     def _adapt_timing(self, room: Room, n: int, now: float) -> dict | None:
         """
         The turn must hold the slowest player's engine iterations, and command_delay turns must
-        cover the slowest round trip; a change of more than 10% is announced for a turn far enough
-        ahead that every client switches together.
+        cover the slowest round trip: a turn too short for that is lengthened at the next
+        announcement, however small the change; a shorter turn is announced only when it is more
+        than 10% shorter. Either is announced for a turn far enough ahead that every client
+        switches together.
         """
         if room.pending_timing is not None:
             return None
@@ -483,7 +496,7 @@ class GameRoom:
         slowest_rtt = max(p.latency_ms for p in active) * 1.2 / s.command_delay
         wanted = int(min(s.max_turn_ms, max(s.min_turn_ms, s.initial_turn_ms if not (slowest_frame or slowest_rtt)
                                              else max(slowest_frame, slowest_rtt, s.min_turn_ms))))
-        if abs(wanted - room.turn_ms) <= room.turn_ms * 0.1:
+        if wanted <= room.turn_ms and room.turn_ms - wanted <= room.turn_ms * 0.1:
             return None
         room.pending_timing = {"turn_ms": wanted, "iterations": room.iterations,
                                "from_turn": n + s.command_delay + 1}

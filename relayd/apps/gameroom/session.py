@@ -137,7 +137,9 @@ class GameRoomSession:
         try:
             player, token = core.join(room, message.get("name"), message.get("user_id"), now)
         except ProtocolError as e:
-            if e.kind in ("game_running", "room_full") and room.settings.late_joiners == "spectate":
+            if e.kind not in ("game_running", "room_full"):
+                raise  # a malformed join keeps the connection: the client may join again
+            if room.settings.late_joiners == "spectate":
                 self._spectate()
                 return
             raise ProtocolError(e.kind, e.message, close=True) from None
