@@ -243,6 +243,16 @@ class HTTPTests(TestCase):
             status, _, body = raw.response()
             self.assertEqual((status, body), (200, b""), path)
 
+    def test_gameroom_client_library_is_served(self):
+        """The browser client library and its type declarations are at <mount>/client.js and client.d.ts."""
+        h = shipped()
+        status, headers, body = h.http("GET", "/gameroom/client.js")
+        self.assertEqual((status, headers["content-type"]), (200, "text/javascript; charset=utf-8"))
+        self.assertIn(b"export class LockstepClient", body)
+        status, _, body = h.http("GET", "/gameroom/client.d.ts")
+        self.assertEqual(status, 200)
+        self.assertIn(b"export declare class LockstepClient", body)
+
     def test_disabled_demo_says_how_to_enable_it(self):
         """A demo page that is off answers 404 with the line that turns it on."""
         h = shipped()

@@ -547,3 +547,23 @@ class DivergenceTests(TestCase):
         h.flush()
         self.assertEqual(ws.json_messages()[-1]["error"], "binary_frame")
         self.assertEqual(ws.close_code, 1003)
+
+
+class HashTurnTests(TestCase):
+    def _started(self):
+        h = harness()
+        room_id, seats = new_game(h, players=1)
+        play(h, seats, until=lambda: seats[0].player.executed >= 2)
+        return h, seats[0]
+
+    def test_hash_turn_rules(self):
+        """A hash needs hash_turn of 0 or more, for a turn that can have run already; each refusal says why."""
+        h, seat = self._started()
+        open_turn = seat.player.executed + 1
+        for hash_turn, words in ((-1, "send no hash"), (open_turn, "cannot have run")):
+            seat.ws.send_json({"type": "commands", "turn": open_turn, "commands": [], "hash": "x",
+                               "hash_turn": hash_turn})
+            h.flush()
+            error = seat.ws.json_messages()[-1]
+            self.assertEqual(error["error"], "malformed_packet")
+            self.assertIn(words, error["message"])

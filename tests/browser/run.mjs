@@ -43,6 +43,14 @@ async function until(page, predicate, arg, timeout = 15000) {
   await page.waitForFunction(predicate, arg, { timeout, polling: 50 });
 }
 
+async function createRoom(players) {
+  const response = await fetch(`${config.http}/gameroom/create`, {
+    method: "POST", headers: { authorization: `Bearer ${config.token}` },
+    body: JSON.stringify({ engine: "snakes@1", seed: 7, players }),
+  });
+  return response.json();
+}
+
 async function shot(page, label) {
   await page.screenshot({ path: join(config.artifacts, `${name}-${label}.png`), fullPage: true });
 }
@@ -129,22 +137,54 @@ const cases = {
   },
 
   async gameroom() {
-    const response = await fetch(`${config.http}/gameroom/create`, {
-      method: "POST", headers: { authorization: `Bearer ${config.token}` },
-      body: JSON.stringify({ engine: "counter@1", seed: 7, players: 2 }),
-    });
-    const room = await response.json();
-    const pages = [];
-    for (const player of ["ann", "bob"]) pages.push(await open(`${config.http}/gameroom/demo?room=${room.id}&name=${player}&turns=30`));
-    for (const page of pages) await until(page, () => demo.finished !== null, undefined, 30000);
-    result.executed = [];
-    result.hash30 = [];
-    for (const page of pages) {
-      result.executed.push(await page.evaluate(() => demo.executed));
-      result.hash30.push(await page.evaluate(() => demo.hashes[30]));
+    // four players (bots that steer now and then) and a spectator play 600 turns (30 s or more); one player reloads its
+    // page mid-game, rejoins with its session token and catches up; every page ends with one hash
+    const room = await createRoom(4);
+    const players = [];
+    for (const name of ["ann", "bob", "cy", "dee"]) {
+      players.push(await open(`${config.http}/gameroom/demo?room=${room.id}&name=${name}&bot=1`));
+      await until(players.at(-1), () => demo.welcome !== null);
     }
-    result.halted = await pages[0].evaluate(() => demo.halted);
-    await shot(pages[0], "ann");
+    const spectator = await open(`${config.http}/gameroom/demo?room=${room.id}&watch=1`);
+    await until(players[1], () => demo.executed >= 100, undefined, 30000);
+    await players[1].reload();
+    result.reloadedAs = await players[1].evaluate(async () => {
+      while (!demo.welcome) await new Promise((r) => setTimeout(r, 20));
+      return demo.welcome.player_id;
+    });
+    const target = 600;  // at least 30 s: a turn lasts min_turn_ms (50 ms) or more
+    for (const page of [...players, spectator]) await until(page, (t) => demo.executed >= t, target, 60000);
+    result.hashes = [];
+    for (const page of [...players, spectator]) result.hashes.push(await page.evaluate((t) => demo.hashes[t], target));
+    result.halted = await players[0].evaluate(() => demo.halted);
+    await shot(players[0], "snakes");
+  },
+
+  async gameroom_lag() {
+    // a page whose uplink stalls is shown as lagging by the others, then substituted
+    const room = await createRoom(2);
+    const fast = await open(`${config.http}/gameroom/demo?room=${room.id}&name=fast&bot=1`);
+    await until(fast, () => demo.welcome !== null);
+    const slow = await open(`${config.http}/gameroom/demo?room=${room.id}&name=slow&stall_at=20&stall_ms=4000`);
+    await until(fast, () => demo.substituted.length > 0, undefined, 30000);
+    result.lagging = await fast.evaluate(() => demo.lagging);
+    result.substituted = await fast.evaluate(() => demo.substituted);
+    result.slow = await slow.evaluate(() => demo.client.playerId);
+    result.waitingShown = await fast.evaluate(() => document.getElementById("waiting").textContent);
+    await shot(fast, "lagging");
+  },
+
+  async gameroom_tamper() {
+    // a page that changes its own state halts the room with itself named
+    const room = await createRoom(2);
+    const honest = await open(`${config.http}/gameroom/demo?room=${room.id}&name=honest&bot=1`);
+    await until(honest, () => demo.welcome !== null);
+    const cheat = await open(`${config.http}/gameroom/demo?room=${room.id}&name=cheat&tamper_at=20`);
+    for (const page of [honest, cheat]) await until(page, () => demo.halted !== null, undefined, 30000);
+    result.cheat = await cheat.evaluate(() => demo.client.playerId);
+    result.halted = [];
+    for (const page of [honest, cheat]) result.halted.push(await page.evaluate(() => demo.halted));
+    await shot(honest, "halted");
   },
 };
 

@@ -33,6 +33,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
+from twisted.web.static import Data
 
 from relayd import jsonutil
 from relayd.apps.base import App
@@ -43,6 +44,7 @@ from relayd.apps.gameroom.session import GameRoomSession
 from relayd.errors import ProtocolError
 from relayd.quota import AddressQuota
 from relayd.web.endpoint import JSONEndpoint
+from relayd.web.gameroom import client_script, client_types
 from relayd.web.proxy import client_of, public_base
 from relayd.ws import closecodes
 from relayd.ws.frames import Frame
@@ -304,6 +306,9 @@ class GameRoomApp(App):
 
     def http_resource(self):
         root = Resource()
+        # the browser client library, for any page that plays or watches a room (not a demo: always on)
+        root.putChild(b"client.js", Data(client_script(), "text/javascript; charset=utf-8"))
+        root.putChild(b"client.d.ts", Data(client_types(), "text/plain; charset=utf-8"))
         root.putChild(b"create", Create(self))
         root.putChild(b"rooms", Lookup(self, lambda room: room.info()))
         root.putChild(b"archive", Lookup(self, lambda room: room.archive()))

@@ -372,7 +372,10 @@ class GameRoom:
         if state_hash is not None and (not isinstance(state_hash, str) or len(state_hash) > 128):
             raise _err("malformed_packet", "hash must be a string of up to 128 characters")
         if state_hash is not None and (isinstance(hash_turn, bool) or not isinstance(hash_turn, int) or hash_turn < 0):
-            raise _err("malformed_packet", "a hash needs the hash_turn it was taken after")
+            raise _err("malformed_packet", "hash_turn is the last turn run (0 or more): before any turn has run, "
+                                           "send no hash")
+        if state_hash is not None and hash_turn >= turn:
+            raise _err("malformed_packet", f"hash_turn {hash_turn} cannot have run before turn {turn}")
         latency = _number(message, "latency_ms", 0, 60000)
         frame_ms = _number(message, "frame_ms", 0, 60000)
         if turn < room.turn:
