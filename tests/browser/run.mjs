@@ -153,7 +153,7 @@ const cases = {
       return demo.welcome.player_id;
     });
     const target = 600;  // at least 30 s: a turn lasts min_turn_ms (50 ms) or more
-    for (const page of [...players, spectator]) await until(page, (t) => demo.executed >= t, target, 60000);
+    for (const page of [...players, spectator]) await until(page, (t) => demo.executed >= t, target, 100000);
     result.hashes = [];
     for (const page of [...players, spectator]) result.hashes.push(await page.evaluate((t) => demo.hashes[t], target));
     result.halted = await players[0].evaluate(() => demo.halted);

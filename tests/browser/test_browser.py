@@ -96,7 +96,7 @@ def _spki(cert_path: str) -> str:
 
 
 class BrowserTests(TestCase):
-    timeout = 150
+    timeout = 180
 
     def setUp(self):
         missing = _missing()
@@ -163,7 +163,7 @@ class BrowserTests(TestCase):
 
     def test_gameroom_four_pages_play_30_seconds_and_agree(self):
         """Four pages play 30 s of the snakes demo on the client library and agree; a reloaded page and a spectator agree too."""
-        result = self.drive("gameroom", timeout=110)
+        result = self.drive("gameroom", timeout=170)
         self.assertEqual(result["reloadedAs"], "p2")
         self.assertEqual(len(set(result["hashes"])), 1, result["hashes"])
         self.assertIsNotNone(result["hashes"][0])
