@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from twisted.logger import Logger
+
 from relayd.ws import closecodes
+
+_log = Logger()
 
 
 class ProtocolError(Exception):
@@ -29,3 +33,16 @@ class ProtocolError(Exception):
 
 class Unavailable(Exception):
     """A shared service (Redis) cannot be reached now; the client is told to try again later."""
+
+
+def unless_unavailable(what: str, **fields):
+    """
+    An errback for work that is tried again on its own (periodic upkeep, a lease that expires by
+    itself): a shared service being away is expected and quiet; anything else is logged.
+    """
+
+    def errback(failure):
+        if not failure.check(Unavailable):
+            _log.failure(what, failure, **fields)
+
+    return errback

@@ -16,6 +16,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from relayd.backplane.cluster import Cluster, Unavailable
+from relayd.errors import unless_unavailable
 from relayd.periodic import Periodic
 
 _log = Logger()
@@ -84,10 +85,9 @@ class Leases(MultiService):
         if name not in self.held:
             return
         self.held.discard(name)
+        # unreachable Redis: the lease expires by itself within node_timeout
         self.cluster.eval(_RELEASE, [self.key(name)], [self.cluster.node_id]).addErrback(
-            # unreachable Redis: the lease expires by itself within node_timeout
-            lambda f: None if f.check(Unavailable) else _log.failure("releasing lease {name} failed", f, name=name)
-        )
+            unless_unavailable("releasing lease {name} failed", name=name))
 
     def renew(self) -> None:
         names = sorted(self.held)
@@ -108,9 +108,7 @@ class Leases(MultiService):
                 except Exception:
                     _log.failure("handling the loss of lease {name} failed", name=name)
 
-    def _renew_failed(self, failure) -> None:
-        if not failure.check(Unavailable):
-            _log.failure("renewing leases failed", failure)
+    _renew_failed = staticmethod(unless_unavailable("renewing leases failed"))
 
     def stopService(self):
         super().stopService()

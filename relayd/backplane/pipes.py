@@ -23,7 +23,7 @@ from zope.interface import implementer
 
 from relayd import jsonutil
 from relayd.backplane import codec
-from relayd.errors import ProtocolError
+from relayd.errors import ProtocolError, unless_unavailable
 from relayd.session import IConnection, Runner
 from relayd.ws import closecodes
 from relayd.ws.frames import Frame
@@ -224,11 +224,7 @@ class Pipes:
 
     def check(self, owner_of) -> None:
         """Close pipes whose room moved; drop ends whose client's node died. owner_of(room) -> Deferred."""
-        from relayd.backplane.cluster import Unavailable
-
-        def failed(failure):
-            if not failure.check(Unavailable):
-                _log.failure("{namespace}: checking pipes failed", failure, namespace=self.namespace)
+        failed = unless_unavailable("{namespace}: checking pipes failed", namespace=self.namespace)
 
         for pipe in list(self.pipes.values()):
             owner_of(pipe.room).addCallbacks(lambda holder, pipe=pipe: holder != pipe.owner and pipe.moved(), failed)

@@ -16,6 +16,7 @@ from zope.interface import implementer
 from relayd.apps.carparty.core import CarParty, ICodes
 from relayd.backplane.cluster import Cluster, Unavailable
 from relayd.backplane.leases import Leases
+from relayd.errors import unless_unavailable
 from relayd.periodic import Periodic
 
 _log = Logger()
@@ -62,9 +63,6 @@ class CodeKeeper(MultiService):
                 lambda node, code=code: node is None and self.core.server_vanished(code), self._failed
             )
 
-    @staticmethod
-    def _failed(failure) -> None:
-        if not failure.check(Unavailable):
-            _log.failure("carparty: checking a server's lease failed", failure)
+    _failed = staticmethod(unless_unavailable("carparty: checking a server's lease failed"))
 
 

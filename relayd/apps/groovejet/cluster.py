@@ -29,7 +29,7 @@ from relayd.apps.groovejet.session import GroovejetSession, parse_message
 from relayd.backplane.cluster import Cluster, Unavailable
 from relayd.backplane.leases import Leases
 from relayd.backplane.pipes import MOVED, SERVICE_RESTART, Pipes, RemoteEnd
-from relayd.errors import ProtocolError
+from relayd.errors import ProtocolError, unless_unavailable
 from relayd.periodic import Periodic
 from relayd.ws import closecodes
 from relayd.ws.frames import Frame
@@ -201,9 +201,6 @@ class Placement(MultiService):
                 session.conn.close(SERVICE_RESTART, MOVED)
         core.drop_room(code)
 
-    @staticmethod
-    def _failed(failure) -> None:
-        if not failure.check(Unavailable):
-            _log.failure("groovejet: keeping rooms true failed", failure)
+    _failed = staticmethod(unless_unavailable("groovejet: keeping rooms true failed"))
 
 

@@ -22,6 +22,7 @@ from zope.interface import implementer
 from relayd.apps.wikispeedruns.core import RosterUpdate
 from relayd.apps.wikispeedruns.roster import ALSO, IRoster, Roster
 from relayd.backplane.cluster import Cluster, Unavailable
+from relayd.errors import unless_unavailable
 from relayd.periodic import Periodic
 
 _log = Logger()
@@ -198,7 +199,4 @@ class RosterKeeper(MultiService):
                 d = self.roster.join(group.key, waiter.member, waiter.name, present_only=True)
                 d.addCallbacks(lambda result, group=group: self._publish(group, result[1]), self._failed)
 
-    @staticmethod
-    def _failed(failure) -> None:
-        if not failure.check(Unavailable):
-            _log.failure("wikispeedruns: keeping the roster failed", failure)
+    _failed = staticmethod(unless_unavailable("wikispeedruns: keeping the roster failed"))
