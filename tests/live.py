@@ -79,6 +79,34 @@ class LivePlayer:
                 self.client.send_json(out)
 
 
+def every_app(grace: float = 30, gameroom: str = "") -> str:
+    """Sections mounting every app on listener main (wikispeedruns at /ws), for tests of all of them."""
+    return f"""
+[app:wikispeedruns]
+listeners = main
+path = /ws
+
+[app:carparty]
+listeners = main
+path = /carparty
+
+[app:clicker]
+listeners = main
+path = /clicker
+
+[app:groovejet]
+listeners = main
+path = /groovejet
+reconnect_grace = {grace}
+
+[app:gameroom]
+listeners = main
+path = /gameroom
+persist_interval = 0.05
+{gameroom}
+"""
+
+
 def write_config(directory: str, body: str) -> str:
     path = os.path.join(directory, "relayd.ini")
     with open(path, "w") as f:

@@ -14,31 +14,10 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, FileBodyProducer, readBody
 
 from tests.gameroom_reference import ReferencePlayer
-from tests.live import Daemon, LivePlayer, until
+from tests.live import Daemon, LivePlayer, every_app, until
 from tests.redis import RedisServer
 
-APPS = """
-[app:wikispeedruns]
-listeners = main
-path = /ws
-
-[app:carparty]
-listeners = main
-path = /carparty
-
-[app:clicker]
-listeners = main
-path = /clicker
-
-[app:groovejet]
-listeners = main
-path = /groovejet
-
-[app:gameroom]
-listeners = main
-path = /gameroom
-persist_interval = 0.05
-"""
+APPS = every_app()
 LISTENER = "[listener:main]\nendpoint = tcp:0:interface=127.0.0.1\n"
 
 

@@ -11,7 +11,7 @@ from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, readBody
 
-from tests.live import Daemon, LivePlayer, later, until
+from tests.live import Daemon, LivePlayer, every_app, later, until
 from tests.redis import RedisServer
 
 
@@ -25,30 +25,7 @@ endpoint = tcp:0:interface=127.0.0.1
 backend = redis
 url = {redis_url}
 max_backoff = 0.2
-{options}
-[app:wikispeedruns]
-listeners = main
-path = /ws
-
-[app:carparty]
-listeners = main
-path = /carparty
-
-[app:clicker]
-listeners = main
-path = /clicker
-
-[app:groovejet]
-listeners = main
-path = /groovejet
-reconnect_grace = {grace}
-
-[app:gameroom]
-listeners = main
-path = /gameroom
-create_token = cluster-test-token-0123456789
-persist_interval = 0.05
-"""
+{options}""" + every_app(grace, gameroom="create_token = cluster-test-token-0123456789")
 
 
 

@@ -15,7 +15,7 @@ from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from relayd.backplane.cluster import Cluster, Unavailable
+from relayd.backplane.cluster import Cluster
 from relayd.errors import unless_unavailable
 from relayd.periodic import Periodic
 

@@ -81,7 +81,7 @@ def protocol_with_options(protocol: type, factory) -> type:
 # the wrapper and its parsers' signatures directly.
 from twisted.protocols.haproxy._v1parser import V1Parser as _V1Parser  # noqa: E402
 from twisted.protocols.haproxy._v2parser import V2Parser as _V2Parser  # noqa: E402
-from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper  # noqa: E402
+from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper  # noqa: E402,F401 (used by relayd.web.proxy)
 
 PROXY_V1_SIGNATURE = _V1Parser.PROXYSTR + b" "
 PROXY_V2_SIGNATURE = _V2Parser.PREFIX

@@ -14,7 +14,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from relayd.apps.carparty.core import CarParty, ICodes
-from relayd.backplane.cluster import Cluster, Unavailable
+from relayd.backplane.cluster import Cluster
 from relayd.backplane.leases import Leases
 from relayd.errors import unless_unavailable
 from relayd.periodic import Periodic

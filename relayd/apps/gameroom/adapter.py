@@ -37,7 +37,7 @@ from twisted.web.static import Data
 
 from relayd import jsonutil
 from relayd.apps.base import App
-from relayd.apps.gameroom.core import LOG_CHUNK, GameRoom, Player, Room, Settings, player_channel, room_channel
+from relayd.apps.gameroom.core import LOG_CHUNK, GameRoom, Settings
 from relayd.apps.gameroom.roomstore import LocalRoomStore
 from relayd.apps.gameroom.scheduler import TickScheduler
 from relayd.apps.gameroom.session import GameRoomSession
@@ -46,8 +46,6 @@ from relayd.quota import AddressQuota
 from relayd.web.endpoint import JSONEndpoint
 from relayd.web.gameroom import client_script, client_types
 from relayd.web.proxy import client_of, public_base
-from relayd.ws import closecodes
-from relayd.ws.frames import Frame
 from relayd.ws.protocol import RelaydProtocol
 
 _log = Logger()

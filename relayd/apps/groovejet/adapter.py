@@ -50,8 +50,6 @@ from relayd.apps.groovejet.session import GroovejetSession
 from relayd.errors import ProtocolError
 from relayd.quota import AddressQuota
 from relayd.web.proxy import client_of
-from relayd.ws import closecodes
-from relayd.ws.frames import Frame
 from relayd.ws.protocol import RelaydProtocol
 
 ROOMS = "groovejet.room"

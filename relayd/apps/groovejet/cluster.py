@@ -26,13 +26,11 @@ from twisted.logger import Logger
 from relayd import jsonutil
 from relayd.apps.groovejet.core import CODE_ALPHABET, CODE_LENGTH, error, token_digest
 from relayd.apps.groovejet.session import GroovejetSession, parse_message
-from relayd.backplane.cluster import Cluster, Unavailable
+from relayd.backplane.cluster import Cluster
 from relayd.backplane.leases import Leases
 from relayd.backplane.pipes import MOVED, SERVICE_RESTART, Pipes, RemoteEnd
-from relayd.errors import ProtocolError, unless_unavailable
+from relayd.errors import unless_unavailable
 from relayd.periodic import Periodic
-from relayd.ws import closecodes
-from relayd.ws.frames import Frame
 
 _log = Logger()
 
