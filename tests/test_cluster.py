@@ -346,9 +346,11 @@ class CarPartyAcrossNodes(ClusterTestCase):
         a, b = self.nodes
         server, (phone,) = yield self.server_and_phones(a, [b])
         a.service.cluster.stopService = lambda: None
-        a.apps_keeper = a.service.apps["carparty"].keeper
-        stop_periodic(a.apps_keeper.leases)
-        a.apps_keeper.leases.stopService = lambda: None
+        from relayd.apps.carparty.cluster import CodeKeeper
+
+        [keeper] = [s for s in a.service.apps["carparty"].services if isinstance(s, CodeKeeper)]
+        stop_periodic(keeper.leases)
+        keeper.leases.stopService = lambda: None
         stop_periodic(a.service.cluster)
         yield a.service.bus.stopService()
         self.assertEqual((yield phone.when_closed), 1000)

@@ -49,21 +49,13 @@ class CarPartyApp(App):
 
     def __init__(self, ctx):
         super().__init__(ctx)
-        self.keeper = None
         if self.cluster is None:
             self.core = CarParty(self.bus)
         else:
-            self.keeper = CodeKeeper(self.cluster, clock=self.reactor)
-            self.core = self.keeper.core = CarParty(self.bus, self.keeper.codes())
-
-    def start(self):
-        if self.keeper is not None:
-            self.keeper.startService()
-
-    def stop(self):
-        if self.keeper is not None:
-            return self.keeper.stopService()
-        return None
+            # a child of the app's services: it starts and stops with the daemon, while Redis is connected
+            keeper = CodeKeeper(self.cluster, clock=self.reactor)
+            keeper.setServiceParent(self.services)
+            self.core = keeper.core = CarParty(self.bus, keeper.codes())
 
     def room_count(self) -> int:
         return self.core.room_count()

@@ -85,7 +85,6 @@ class WikiSpeedrunsApp(App):
         super().__init__(ctx)
         secret = self.options["secret"]
         verifier = TokenVerifier(secret.encode()) if secret else None
-        self.keeper = None
         o = self.options
         bounds = dict(clock=self.reactor, max_name_length=o["max_name_length"], max_group_size=o["max_group_size"],
                       roster_interval=o["roster_interval"], roster_bytes_per_second=o["roster_bytes_per_second"])
@@ -95,15 +94,8 @@ class WikiSpeedrunsApp(App):
         else:
             roster = RedisRoster(self.cluster, ttl=max(60.0, 3 * self.cluster.node_timeout))
             self.core = WikiSpeedruns(self.bus, verifier, roster, **bounds)
-            self.keeper = RosterKeeper(self.core, roster, self.cluster, clock=self.reactor)
-
-    def start(self):
-        if self.keeper is not None:
-            self.keeper.startService()
-
-    def stop(self):
-        if self.keeper is not None:
-            self.keeper.stopService()
+            # a child of the app's services: it starts and stops with the daemon, while Redis is connected
+            RosterKeeper(self.core, roster, self.cluster, clock=self.reactor).setServiceParent(self.services)
 
     def http_resource(self):
         root = Resource()
