@@ -13,6 +13,7 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from relayd.config.model import Limits, ListenerConfig
+from relayd._internals import listening_port
 from relayd.tls import ReloadableTLS
 from relayd.web.proxy import ProxyHeaderFactory, RefusingWrapper
 from relayd.web.resources import Router
@@ -84,8 +85,7 @@ class Listener(MultiService):
 
     def address(self):
         """The bound address once listening (tests listen on port 0 and ask)."""
-        port = self.endpoint_service._waitingForPort.result  # fired synchronously: _raiseSynchronously
-        return port.getHost()
+        return listening_port(self.endpoint_service).getHost()
 
     def stop_accepting(self):
         if not self.accepting:

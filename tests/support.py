@@ -18,7 +18,7 @@ from twisted.test import iosim
 from relayd import config as relayd_config
 from relayd.service import RelaydService
 from relayd.store import MemoryStore
-from relayd.ws._autobahn import install_clock
+from relayd._internals import install_clock
 
 BASE_INI = """
 [relayd]

@@ -10,7 +10,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 from twisted.web import http
 
-from relayd.ws._autobahn import batched_timer, install_clock
+from relayd._internals import batched_timer, install_clock
 
 
 class AutobahnInternalsTests(TestCase):
@@ -102,7 +102,7 @@ class ConnectionSetupInternalsTests(TestCase):
         """Autobahn's protocol module formats with a module-level pformat, which relayd makes lazy but exact."""
         import autobahn.websocket.protocol as p
 
-        from relayd.ws._autobahn import quiet_debug_formatting
+        from relayd._internals import quiet_debug_formatting
 
         self.assertIn("pformat(configAttrLog)", inspect.getsource(p.WebSocketProtocol._connectionMade))
         quiet_debug_formatting()
@@ -157,7 +157,7 @@ class TwistedHAProxyInternalsTests(TestCase):
         """Twisted's HAProxy wrapper still parses on dataReceived into _proxyInfo, and its signatures are as relayd probes them."""
         from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper
 
-        from relayd.ws._autobahn import PROXY_HEADER_PROBE, PROXY_V1_SIGNATURE, PROXY_V2_SIGNATURE
+        from relayd._internals import PROXY_HEADER_PROBE, PROXY_V1_SIGNATURE, PROXY_V2_SIGNATURE
 
         self.assertEqual(PROXY_V1_SIGNATURE, b"PROXY ")
         self.assertEqual(PROXY_V2_SIGNATURE, b"\r\n\r\n\x00\r\nQUIT\n")
@@ -166,3 +166,4 @@ class TwistedHAProxyInternalsTests(TestCase):
         self.assertIn("self._proxyInfo, remaining = parser.feed(data)", source)
         self.assertIn("len(data) >= 16", source)
         self.assertIn("def getPeer(self)", source)
+

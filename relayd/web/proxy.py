@@ -21,7 +21,7 @@ from typing import Iterable
 from twisted.logger import Logger
 from twisted.protocols.policies import WrappingFactory
 
-from relayd.ws._autobahn import PROXY_HEADER_PROBE, PROXY_V1_SIGNATURE, PROXY_V2_SIGNATURE, HAProxyProtocolWrapper
+from relayd._internals import PROXY_HEADER_PROBE, PROXY_V1_SIGNATURE, PROXY_V2_SIGNATURE, HAProxyProtocolWrapper
 
 _log = Logger()
 

@@ -12,6 +12,8 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.web.server import NOT_DONE_YET
 
+from relayd._internals import pipelined_bytes
+
 
 def is_upgrade(request) -> bool:
     upgrade = request.getHeader(b"upgrade") or b""
@@ -37,7 +39,7 @@ def hand_over(request, factory, client: str):
     if protocol.slot is not None:
         protocol.slot.channel = None
     # bytes the client pipelined behind its request head, buffered by the channel while it handled it
-    pipelined = b"".join(getattr(channel, "_dataBuffer", ()))
+    pipelined = pipelined_bytes(channel)
     channel.transport = None
 
     if isinstance(transport, ProtocolWrapper):

@@ -7,24 +7,17 @@ write (Twisted issue 5303). With fan-out that is two epoll calls and a deferred 
 per message. When nothing is queued on the transport, relayd sends at once and hands Twisted only
 what the socket did not take, so ordering, buffering and producer pausing stay Twisted's.
 
-This relies on tcp.Server internals (dataBuffer, offset, _tempDataLen, _writeDisconnected,
-writeSomeData), checked by tests/test_internals.py.
+This relies on tcp.Server internals (relayd._internals.can_write_now), checked by
+tests/test_internals.py.
 """
 
 from __future__ import annotations
 
-from twisted.internet import tcp
+from relayd._internals import can_write_now
 
 
 def write_now(transport, data: bytes) -> None:
-    if (
-        type(transport) is tcp.Server
-        and transport.connected
-        and not transport.disconnecting
-        and not transport._writeDisconnected
-        and not transport._tempDataLen
-        and len(transport.dataBuffer) == transport.offset
-    ):
+    if can_write_now(transport):
         sent = transport.writeSomeData(data)
         if isinstance(sent, int) and sent >= 0:
             if sent == len(data):

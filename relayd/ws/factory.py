@@ -7,7 +7,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory
 from relayd.config.model import Limits
 from relayd.metrics import AppMetrics
 from relayd.ws.keepalive import Keepalive
-from relayd.ws._autobahn import install_clock, protocol_with_options, quiet_debug_formatting
+from relayd._internals import install_clock, protocol_with_options, quiet_debug_formatting
 from relayd.ws.origin import OriginPolicy
 
 

@@ -1,5 +1,6 @@
 """
-Every place relayd relies on Autobahn, txaio or Twisted internals, in one module.
+Every place relayd relies on Autobahn, txaio or Twisted internals, in one module (the Autobahn
+protocol subclass, relayd.ws.protocol, also overrides and reads a few of Autobahn's attributes).
 
 tests/test_internals.py checks each of these against the installed versions, so an upgrade
 that changes them fails loudly there instead of subtly in production.
@@ -87,3 +88,29 @@ PROXY_V1_SIGNATURE = _V1Parser.PROXYSTR + b" "
 PROXY_V2_SIGNATURE = _V2Parser.PREFIX
 # HAProxyProtocolWrapper decides on its first read and needs this many bytes to tell v2 from v1
 PROXY_HEADER_PROBE = 16
+
+
+# ---- Twisted: the listening port, pipelined request bytes, writing without a reactor pass -----------
+from twisted.internet import tcp as _tcp  # noqa: E402
+
+
+def listening_port(endpoint_service):
+    """The port a strports service listens on, once listening (its Deferred fired synchronously)."""
+    return endpoint_service._waitingForPort.result
+
+
+def pipelined_bytes(channel) -> bytes:
+    """Bytes an HTTP channel read behind the request it is handling (a client that did not wait)."""
+    return b"".join(getattr(channel, "_dataBuffer", ()))
+
+
+def can_write_now(transport) -> bool:
+    """A plain TCP transport with nothing queued, which writeSomeData may write to directly."""
+    return (
+        type(transport) is _tcp.Server
+        and transport.connected
+        and not transport.disconnecting
+        and not transport._writeDisconnected
+        and not transport._tempDataLen
+        and len(transport.dataBuffer) == transport.offset
+    )
