@@ -198,6 +198,47 @@ def until(condition, what: str, timeout: float = 30.0, step: float = 0.02):
         yield later(step)
 
 
+def port_open(port: int) -> defer.Deferred:
+    """Fires True when something accepts a TCP connection on 127.0.0.1:port, False when nothing does."""
+    from twisted.internet.endpoints import connectProtocol
+    from twisted.internet.protocol import Protocol
+
+    def connected(protocol):
+        protocol.transport.loseConnection()
+        return True
+
+    d = connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), Protocol())
+    return d.addCallbacks(connected, lambda _: False)
+
+
+@defer.inlineCallbacks
+def http_get(port: int, path: str):
+    """(status, body text) of a GET to 127.0.0.1:port, without blocking the reactor."""
+    from twisted.web.client import Agent, readBody
+
+    response = yield Agent(reactor).request(b"GET", f"http://127.0.0.1:{port}{path}".encode())
+    body = yield readBody(response)
+    return response.code, body.decode()
+
+
+def paced(rate: float, count: int, step) -> defer.Deferred:
+    """Call step(n) for n in range(count) at rate calls a second (a workload's real pace); fires when done."""
+    from twisted.internet.task import LoopingCall
+
+    calls = iter(range(count))
+
+    def tick():
+        n = next(calls, None)
+        if n is None:
+            loop.stop()
+        else:
+            step(n)
+
+    loop = LoopingCall(tick)
+    loop.clock = reactor
+    return loop.start(1.0 / rate, now=True).addCallback(lambda _: None)
+
+
 def later(seconds: float) -> defer.Deferred:
     from twisted.internet.task import deferLater
 

@@ -11,7 +11,7 @@ from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, readBody
 
-from tests.live import Daemon, LivePlayer, every_app, later, until
+from tests.live import Daemon, LivePlayer, every_app, http_get, later, until
 from tests.redis import RedisServer
 
 
@@ -34,11 +34,8 @@ def bus_up(daemon: Daemon) -> bool:
     return not daemon.service.bus.problems()
 
 
-@defer.inlineCallbacks
 def get(daemon: Daemon, path: str):
-    response = yield Agent(reactor).request(b"GET", f"http://127.0.0.1:{daemon.port()}{path}".encode())
-    body = yield readBody(response)
-    return response.code, body.decode()
+    return http_get(daemon.port(), path)
 
 
 

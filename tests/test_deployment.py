@@ -13,12 +13,11 @@ import re
 import shutil
 import subprocess
 import tempfile
-import time
 
 from twisted.internet import defer, ssl
 from twisted.trial.unittest import SkipTest, TestCase
 
-from tests.live import Daemon, free_port, open_ws, until
+from tests.live import Daemon, free_port, open_ws, port_open, until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CERT = os.path.join(ROOT, "etc", "examples", "tls", "localhost.crt")
@@ -52,18 +51,15 @@ def need(binary: str) -> str:
     return path
 
 
-def wait_for_port(port: int, process: subprocess.Popen, what: str) -> None:
-    import socket
+def listening(port: int, process: subprocess.Popen, what: str) -> defer.Deferred:
+    """Fires once the proxy accepts connections on port; fails with its output if it exits first."""
 
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
+    def up():
         if process.poll() is not None:
             raise AssertionError(f"{what} exited: {process.stdout.read() if process.stdout else ''}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise AssertionError(f"{what} did not listen on {port}")
+        return port_open(port)
+
+    return until(up, f"{what} to listen on {port}", timeout=15, step=0.05)
 
 
 class ProxyDeploymentTests(TestCase):
@@ -76,7 +72,7 @@ class ProxyDeploymentTests(TestCase):
         self.daemon = Daemon(self, RELAYD.format(port=self.relayd_port))
         self.front = free_port()
 
-    def _start(self, argv: list[str], what: str) -> None:
+    def _start(self, argv: list[str], what: str) -> defer.Deferred:
         process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
         def stop():
@@ -84,7 +80,7 @@ class ProxyDeploymentTests(TestCase):
             process.wait(10)
 
         self.addCleanup(stop)
-        wait_for_port(self.front, process, what)
+        return listening(self.front, process, what)
 
     def _client_tls(self):
         with open(CERT) as f:
@@ -116,8 +112,8 @@ class ProxyDeploymentTests(TestCase):
                 f"events {{}}\nhttp {{\naccess_log off;\nclient_body_temp_path {self.scratch};\n"
                 f"proxy_temp_path {self.scratch};\n{site}\n}}\n"
             )
-        self._start([nginx, "-c", conf, "-p", self.scratch], "nginx")
-        return self._check_through_proxy()
+        return self._start([nginx, "-c", conf, "-p", self.scratch], "nginx").addCallback(
+            lambda _: self._check_through_proxy())
 
     def test_haproxy_proxy_protocol_path(self):
         """HAProxy as documented (PROXY v2): the WebSocket works and relayd sees the client's address."""
@@ -133,5 +129,5 @@ class ProxyDeploymentTests(TestCase):
         path = os.path.join(self.scratch, "haproxy.cfg")
         with open(path, "w") as f:
             f.write(conf)
-        self._start([haproxy, "-db", "-f", path], "haproxy")
-        return self._check_through_proxy()
+        return self._start([haproxy, "-db", "-f", path], "haproxy").addCallback(
+            lambda _: self._check_through_proxy())

@@ -22,7 +22,7 @@ from twisted.web.http_headers import Headers
 
 from tests.gameroom_reference import ReferencePlayer
 from relayd.ws import closecodes
-from tests.live import Daemon, LivePlayer, free_port, open_ws, until, write_config
+from tests.live import Daemon, LivePlayer, free_port, open_ws, port_open, until, write_config
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 
@@ -203,14 +203,7 @@ class HardKillTests(TestCase):
 
     @defer.inlineCallbacks
     def _wait_port(self, port):
-        def listening():
-            def connected(p):
-                p.transport.loseConnection()
-                return True
-
-            return raw_connect(port).addCallbacks(connected, lambda _: False)
-
-        yield until(listening, "relayd to listen", timeout=10, step=0.05)
+        yield until(lambda: port_open(port), "relayd to listen", timeout=10, step=0.05)
 
     @defer.inlineCallbacks
     def test_kill_9_and_restart(self):

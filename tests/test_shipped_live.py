@@ -18,13 +18,12 @@ import struct
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
-from tests.live import free_port, open_ws, until
+from tests.live import free_port, http_get, open_ws, paced, port_open, until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
@@ -46,18 +45,17 @@ class ShippedDaemon:
             [TWISTD, "-n", "--pidfile=", "relayd", "--config", "relayd.ini"],
             cwd=self.cwd, stdout=self.log, stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 30
-        while not self._ready():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"relayd did not become ready: {self.output()}")
-            time.sleep(0.05)
 
-    def _ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=1) as answer:
-                return answer.status == 200
-        except OSError:
-            return False
+    def ready(self) -> defer.Deferred:
+        """Fires once /readyz answers 200; fails with relayd's output if it exits or never gets there."""
+
+        def answered():
+            if self.process.poll() is not None:
+                raise AssertionError(f"relayd exited: {self.output()}")
+            return port_open(self.port).addCallback(
+                lambda up: up and http_get(self.port, "/readyz").addCallback(lambda answer: answer[0] == 200))
+
+        return until(answered, "relayd to be ready", timeout=30, step=0.05)
 
     def output(self) -> str:
         self.log.flush()
@@ -103,10 +101,6 @@ def proxy_v2(source: str) -> bytes:
     return b"\r\n\r\n\x00\r\nQUIT\n" + bytes([0x21, 0x11]) + struct.pack("!H", len(body)) + body
 
 
-def sleep(seconds: float) -> defer.Deferred:
-    return task.deferLater(reactor, seconds, lambda: None)
-
-
 
 
 @defer.inlineCallbacks
@@ -127,6 +121,7 @@ class ShippedUnderLoadTests(TestCase):
         self.addCleanup(self.daemon.stop)
         self.clients = []
         self.addCleanup(self._close_clients)
+        return self.daemon.ready()
 
     def _close_clients(self):
         for c in self.clients:
@@ -181,7 +176,8 @@ class ShippedUnderLoadTests(TestCase):
         server = yield open_ws(port, "/carparty/ws")
         self.clients.append(server)
         server.send_json({"action": "login_server", "server_code": "LIVE"})
-        yield sleep(0.2)  # nothing is ever sent back for a login: give it a moment, as the game does
+        # nothing is ever sent back for a login: the room count says when the code is taken
+        yield until(lambda: self.daemon.metric("relayd_rooms", 'app="carparty"') >= 1, "the server code to be taken")
         phones = yield open_many(port, "/carparty/ws", [{} for _ in range(8)])
         self.clients.extend(phones)
         for n, phone in enumerate(phones):
@@ -189,16 +185,19 @@ class ShippedUnderLoadTests(TestCase):
         yield until(lambda: len(server.messages) >= 8, "the game server to hear 8 connects")
         expected = {n: [] for n in range(8)}
         inputs = 0
-        for frame in range(120):
+
+        def frame_to_every_phone(frame: int) -> None:
+            nonlocal inputs
             for n in range(8):
                 message = {"receiver_id": str(500 + n), "frame": frame, "state": "s" * 200}
                 server.send_json(message)
                 expected[n].append(message)
-            if frame % 2 == 0:
+            if frame % 2 == 0:  # phones answer at half the frame rate: 30 inputs a second
                 for phone in phones:
                     phone.send_json({"steer": frame})
                     inputs += 1
-            yield sleep(1 / 60)
+
+        yield paced(60, 120, frame_to_every_phone)  # two seconds at 60 frames a second
         for chunk in range(300):
             message = {"chunk": chunk, "data": "t" * 5000}
             server.send_json(message)
@@ -257,10 +256,11 @@ class ShippedUnderLoadTests(TestCase):
         for j in judges:
             j.send_text("LISTEN " + " ".join(ids))
         yield until(lambda: all(j.messages for j in judges), "CONNECT at every judge")
-        for tick in range(20):
+        def scores(tick: int) -> None:
             for n, d in enumerate(devices):
                 d.send_text(f"SCORE {tick * 100} {tick + n}")
-            yield sleep(0.1)
+
+        yield paced(10, 20, scores)  # two seconds at 10 scores a second per device
         yield until(lambda: all(sum(m.startswith("SCORED") for m in d.messages) == 20 for d in devices),
                     "20 SCORED at every device")
         yield until(lambda: all(sum(m.startswith("SCORE ") for m in j.messages) >= 800 for j in judges),
