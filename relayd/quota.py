@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import ipaddress
 
+from relayd.addresses import parse_ip
+
 
 def address_key(address: str) -> str:
     """What a quota counts: the address, or its /64 for IPv6."""
-    try:
-        parsed = ipaddress.ip_address(address)
-    except ValueError:
+    parsed = parse_ip(address)
+    if parsed is None:
         return address
     if parsed.version == 4:
         return str(parsed)
-    if parsed.ipv4_mapped is not None:
-        return str(parsed.ipv4_mapped)
     return str(ipaddress.ip_network(f"{parsed}/64", strict=False))
 
 

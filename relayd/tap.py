@@ -64,17 +64,10 @@ def describe(loaded: Config) -> str:
             )
             for role in ("client", *limits.roles):
                 rate = limits.rate(role)
-                lines.append(
-                    f"    {role}: {_per_second(rate.rate_limit, 'messages')} burst {rate.rate_burst}; "
-                    f"{_per_second(rate.byte_rate and _size(rate.byte_rate), 'bytes')} burst {_size(rate.byte_burst)}"
-                )
+                messages = f"{rate.rate_limit:g} messages/s" if rate.rate_limit else "unlimited messages"
+                byte_rate = f"{_size(rate.byte_rate)} bytes/s" if rate.byte_rate else "unlimited bytes"
+                lines.append(f"    {role}: {messages} burst {rate.rate_burst}; {byte_rate} burst {_size(rate.byte_burst)}")
     return "".join(f"{line}\n" for line in lines)
-
-
-def _per_second(rate, what: str) -> str:
-    if not rate:
-        return f"unlimited {what}"
-    return f"{rate:g} {what}/s" if isinstance(rate, (int, float)) else f"{rate} {what}/s"
 
 
 def _size(count: int) -> str:

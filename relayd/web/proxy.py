@@ -15,12 +15,12 @@ counts is the client's, known once the request head is read (relayd.web.tracker.
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Iterable
 
 from twisted.logger import Logger
 from twisted.protocols.policies import WrappingFactory
 
+from relayd.addresses import parse_ip
 from relayd._internals import PROXY_HEADER_PROBE, PROXY_V1_SIGNATURE, PROXY_V2_SIGNATURE, HAProxyProtocolWrapper
 
 _log = Logger()
@@ -29,26 +29,14 @@ Networks = tuple  # of ipaddress.IPv4Network / IPv6Network
 
 
 def normal_address(host: str) -> str:
-    """An IP address in one spelling (IPv4-mapped IPv6 as IPv4); anything else as it is."""
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return host
-    mapped = getattr(address, "ipv4_mapped", None)
-    return str(mapped if mapped is not None else address)
+    """An IP address in one spelling (relayd.addresses); anything else as it is."""
+    address = parse_ip(host)
+    return host if address is None else str(address)
 
 
 def is_trusted(host: str | None, networks: Networks) -> bool:
-    if not networks or not host:
-        return False
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    mapped = getattr(address, "ipv4_mapped", None)
-    if mapped is not None:
-        address = mapped
-    return any(address.version == net.version and address in net for net in networks)
+    address = parse_ip(host) if networks else None
+    return address is not None and any(address.version == net.version and address in net for net in networks)
 
 
 def forwarded_client(peer: str, forwarded_for: Iterable[bytes], networks: Networks) -> str:
@@ -60,13 +48,11 @@ def forwarded_client(peer: str, forwarded_for: Iterable[bytes], networks: Networ
     hops = [hop for hop in hops if hop]
     client = peer
     for hop in reversed(hops):
-        hop = _strip_port(hop)
-        try:
-            ipaddress.ip_address(hop)
-        except ValueError:
+        address = parse_ip(_strip_port(hop))
+        if address is None:
             # a trusted proxy appends an address; anything else came from the client and is not believed
             return client
-        client = normal_address(hop)
+        client = str(address)
         if not is_trusted(client, networks):
             return client
     return client

@@ -28,6 +28,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from relayd.config.model import Rate
 from relayd.errors import ProtocolError
 from relayd.session import IConnection, Runner
 from relayd.ws import closecodes
@@ -50,16 +51,6 @@ class _Latest:
 
     def __len__(self) -> int:
         return len(self.frame)
-
-
-class _ErrorRate:
-    """max_protocol_errors in any minute, as a Budget of messages without bytes."""
-
-    __slots__ = ("rate_limit", "rate_burst", "byte_rate", "byte_burst")
-
-    def __init__(self, per_minute: int):
-        self.rate_limit, self.rate_burst = per_minute / 60.0, per_minute
-        self.byte_rate, self.byte_burst = 0, 1
 
 
 @implementer(IPushProducer, IConnection)
@@ -400,7 +391,8 @@ class RelaydProtocol(WebSocketServerProtocol):
         if counts is None:
             counts = self.error_counts = {}
             limit = factory.limits.max_protocol_errors
-            self._error_budget = Budget(_ErrorRate(limit), self._clock.seconds())
+            # max_protocol_errors in any minute: a message budget without bytes
+            self._error_budget = Budget(Rate(limit / 60.0, limit, 0, 1), self._clock.seconds())
         seen = counts.get(error.kind, 0)
         counts[error.kind] = seen + 1
         if not seen:

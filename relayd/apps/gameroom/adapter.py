@@ -102,7 +102,7 @@ class Create(JSONEndpoint):
     def render_POST(self, request):
         app = self.app
         anonymous = not app.options["create_token"]
-        client = client_of(request)
+        client = client_of(request) if anonymous else None
         if not anonymous and not self.authorized(request, app.options["create_token"], "unauthorized_create"):
             return self.answer(request, 401, {"error": "unauthorized"})
         body = self.body(request)
