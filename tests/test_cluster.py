@@ -256,8 +256,8 @@ class LobbyAcrossNodes(ClusterTestCase):
         yield self.redis.start()
         yield until(lambda: bus_up(a) and bus_up(b), what="the nodes to reconnect")
         cy = yield self.join(a, "cy")
-        yield until(lambda: sorted(last_users(cy)) == ["ann", "bob", "cy"], what="cy to see everyone")
-        yield until(lambda: sorted(last_users(bob)) == ["ann", "bob", "cy"], what="bob to see everyone")
+        yield until(lambda: sorted(last_users(cy) or []) == ["ann", "bob", "cy"], what="cy to see everyone")
+        yield until(lambda: sorted(last_users(bob) or []) == ["ann", "bob", "cy"], what="bob to see everyone")
         for client in (ann, bob, cy):
             client.sendClose(1000)
             yield client.when_closed

@@ -374,3 +374,19 @@ class LobbyBoundsTests(TestCase):
         h.flush()
         self.assertEqual(len(updates(slow)), 1)
         self.assertEqual(len(updates(slow)[-1]), 51)
+
+
+class ShutdownTests(TestCase):
+    def test_stop_sends_what_waits_and_leaves_no_timer(self):
+        """A roster waiting for its roster_interval goes out when the app stops; no timer outlives the daemon."""
+        h = harness()
+        a, b = h.ws("/wikispeedruns"), h.ws("/wikispeedruns")
+        a.send_json({"type": "wait_start", "user": "a", "lobby_id": 1, "prompt_id": 2})
+        h.flush()
+        b.send_json({"type": "wait_start", "user": "b", "lobby_id": 1, "prompt_id": 2})
+        h.flush()  # b's join waits for the interval
+        core = h.app("wikispeedruns").core
+        h.app("wikispeedruns").stop()
+        h.flush()
+        self.assertEqual(updates(a)[-1], ["a", "b"])
+        self.assertEqual([c for c in h.reactor.getDelayedCalls() if c.func == core._flush_roster], [])

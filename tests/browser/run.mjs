@@ -143,15 +143,13 @@ const cases = {
     const players = [];
     for (const name of ["ann", "bob", "cy", "dee"]) {
       players.push(await open(`${config.http}/gameroom/demo?room=${room.id}&name=${name}&bot=1`));
-      await until(players.at(-1), () => demo.welcome !== null);
+      await until(players.at(-1), () => window.demo && demo.welcome !== null);
     }
     const spectator = await open(`${config.http}/gameroom/demo?room=${room.id}&watch=1`);
     await until(players[1], () => demo.executed >= 100, undefined, 30000);
     await players[1].reload();
-    result.reloadedAs = await players[1].evaluate(async () => {
-      while (!demo.welcome) await new Promise((r) => setTimeout(r, 20));
-      return demo.welcome.player_id;
-    });
+    await until(players[1], () => window.demo && demo.welcome !== null);
+    result.reloadedAs = await players[1].evaluate(() => demo.welcome.player_id);
     const target = 600;  // at least 30 s: a turn lasts min_turn_ms (50 ms) or more
     for (const page of [...players, spectator]) await until(page, (t) => demo.executed >= t, target, 100000);
     result.hashes = [];
@@ -164,7 +162,7 @@ const cases = {
     // a page whose uplink stalls is shown as lagging by the others, then substituted
     const room = await createRoom(2);
     const fast = await open(`${config.http}/gameroom/demo?room=${room.id}&name=fast&bot=1`);
-    await until(fast, () => demo.welcome !== null);
+    await until(fast, () => window.demo && demo.welcome !== null);
     const slow = await open(`${config.http}/gameroom/demo?room=${room.id}&name=slow&stall_at=20&stall_ms=4000`);
     await until(fast, () => demo.substituted.length > 0, undefined, 30000);
     result.lagging = await fast.evaluate(() => demo.lagging);
@@ -178,7 +176,7 @@ const cases = {
     // a page that changes its own state halts the room with itself named
     const room = await createRoom(2);
     const honest = await open(`${config.http}/gameroom/demo?room=${room.id}&name=honest&bot=1`);
-    await until(honest, () => demo.welcome !== null);
+    await until(honest, () => window.demo && demo.welcome !== null);
     const cheat = await open(`${config.http}/gameroom/demo?room=${room.id}&name=cheat&tamper_at=20`);
     for (const page of [honest, cheat]) await until(page, () => demo.halted !== null, undefined, 30000);
     result.cheat = await cheat.evaluate(() => demo.client.playerId);

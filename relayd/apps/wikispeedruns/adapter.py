@@ -97,6 +97,9 @@ class WikiSpeedrunsApp(App):
             # a child of the app's services: it starts and stops with the daemon, while Redis is connected
             RosterKeeper(self.core, roster, self.cluster, clock=self.reactor).setServiceParent(self.services)
 
+    def stop(self):
+        self.core.shutdown()
+
     def http_resource(self):
         root = Resource()
         root.putChild(b"leaderboard_update", Trigger(self, self.core.leaderboard_channel))

@@ -205,6 +205,7 @@ class WikiSpeedruns:
         self.max_name_length = max_name_length
         self.max_group_size = max_group_size
         self.roster_interval = roster_interval
+        self._stopped = False
         self.roster_bytes_per_second = roster_bytes_per_second
 
     # ---- lobby prompt start ------------------------------------------------------------------
@@ -274,6 +275,11 @@ class WikiSpeedruns:
     def _publish_roster(self, group: Group, update: RosterUpdate) -> None:
         if update.version <= group.published or (group.pending is not None and update.version <= group.pending.version):
             return
+        if self._stopped or self.groups.get(group.key) is not group:
+            # the app is stopping, or nobody here waits in the group any more: nothing to pace
+            group.published = update.version
+            self.bus.publish(group.channel, update)
+            return
         group.pending = update
         if group.timer is not None:
             return  # the send already scheduled takes the newest
@@ -293,6 +299,14 @@ class WikiSpeedruns:
         group.next_publish = self.clock.seconds() + max(self.roster_interval, cost / self.roster_bytes_per_second)
         group.published = update.version
         self.bus.publish(group.channel, update)
+
+    def shutdown(self) -> None:
+        """The daemon is stopping: what waits for its roster_interval goes now, and nothing is paced after."""
+        self._stopped = True
+        for group in list(self.groups.values()):
+            if group.timer is not None and group.timer.active():
+                group.timer.cancel()
+                self._flush_roster(group)
 
     def _forget(self, waiter: Waiter) -> bool:
         group = waiter.group
