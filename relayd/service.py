@@ -16,6 +16,7 @@ from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.logger import ILogObserver, Logger
 
+from relayd.ws import wire
 from relayd.apps.base import AppContext
 from relayd.apps.registry import APPS
 from relayd.bus import MemoryBus
@@ -143,6 +144,7 @@ class RelaydService(MultiService):
     @defer.inlineCallbacks
     def startService(self):
         _log.info("relayd starting with {config}", config=self.config.path)
+        _log.info("wire path: {wire}", wire=wire.describe())
         for name, app in self.apps.items():
             try:
                 yield defer.maybeDeferred(app.start)

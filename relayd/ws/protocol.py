@@ -36,8 +36,16 @@ from relayd.ws.frames import Frame
 from relayd.ws.ratelimit import Budget
 from relayd.ws._writes import BATCH, write_now
 from relayd.ws.keepalive import PING
+from relayd.ws import reader as _events
+from relayd.ws.wire import FrameReader
 
 _OPEN = WebSocketProtocol.STATE_OPEN
+_CLOSING = WebSocketProtocol.STATE_CLOSING
+_CLOSED = WebSocketProtocol.STATE_CLOSED
+_TEXT, _BINARY, _CLOSE, _PING, _PONG = _events.TEXT, _events.BINARY, _events.CLOSE, _events.PING, _events.PONG
+
+# what each close code the frame reader fails a connection with is counted as
+_WIRE_ERRORS = {1002: "websocket_protocol", 1007: "invalid_utf8", 1009: "message_too_big"}
 
 
 class _Latest:
@@ -77,12 +85,64 @@ class RelaydProtocol(WebSocketServerProtocol):
 
     # ---- Autobahn entry points -------------------------------------------------------------
 
+    reader = None  # relayd.ws.wire.FrameReader, once the WebSocket is open
+
     def dataReceived(self, data):
         # Autobahn's dataReceived formats a debug log line per read, even with debug logging off;
         # frames this read produces for any receiver are written together once it is handled
         self.heard = True
         with BATCH:
-            self._dataReceived(data)
+            if self.reader is not None:
+                self._frames(data)
+            else:
+                self._dataReceived(data)  # the opening handshake is Autobahn's
+
+    def consumeData(self):
+        # Autobahn calls this with what it buffered, also right after the handshake with any bytes
+        # the client sent behind its request; from the open on, frames are the reader's
+        if self.state == _OPEN or self.state == _CLOSING:
+            data, self.data = self.data, b""
+            self._frames(data)
+        else:
+            super().consumeData()
+
+    def _frames(self, data: bytes) -> None:
+        """Bytes of an open (or closing) WebSocket: the reader's events, handled as Autobahn would."""
+        reader = self.reader
+        if reader is None:
+            reader = self.reader = FrameReader(self.maxFramePayloadSize, self.maxMessagePayloadSize)
+        events = reader.feed(data)
+        for i in range(0, len(events), 2):
+            if self.state == _CLOSED:
+                return
+            kind = events[i]
+            if kind == _TEXT:
+                self.onMessage(events[i + 1], False)
+            elif kind == _BINARY:
+                self.onMessage(events[i + 1], True)
+            elif kind == _PING:
+                self.onPing(events[i + 1])  # Autobahn's: a pong while open
+            elif kind == _PONG:
+                self.onPong(events[i + 1])
+            elif kind == _CLOSE:
+                payload = events[i + 1]
+                # the close handshake (code and reason checks, the reply, the drop) stays Autobahn's
+                self.onCloseFrame(int.from_bytes(payload[:2], "big") if len(payload) > 1 else None,
+                                  payload[2:] if len(payload) > 2 else None)
+            else:
+                self._wire_error(*events[i + 1])
+
+    def _wire_error(self, code: int, reason: str) -> None:
+        """The client broke RFC 6455: closed with code, the reader frames on for the peer's close."""
+        kind = _WIRE_ERRORS.get(code, "websocket_protocol")
+        self.factory.metrics.protocol_error(kind)
+        self._log.info("{app}: {peer} broke the WebSocket protocol ({kind}: {reason}); closing with {code}",
+                       app=self.factory.app_name, peer=self.peer, kind=kind, reason=reason, code=code)
+        self.failedByMe = True
+        if self.state == _OPEN:
+            self.sendCloseFrame(code, reason.encode("utf-8")[:123])
+        else:
+            self.dropConnection(abort=False)  # relayd was closing already: nothing more to wait for
 
     def sendData(self, data, sync=False, chopsize=None):
         # Autobahn's own frames (close, ping, pong) must not overtake frames still gathered for us
