@@ -132,6 +132,14 @@ class ReaderMixin:
             errors = [p for k, p in pairs(events) if k == ERROR]
             self.assertEqual([code for code, _ in errors], [1002], name)
 
+    def test_an_invalid_close_frame_still_ends_the_stream(self):
+        """A close frame that breaks a rule (one byte, or over 125) is 1002 and still the peer's close, delivered empty."""
+        for payload in (b"x", b"\x03\xe8" + b"r" * 124):
+            reader = self.make_reader()
+            events = reader.feed(frame(CLOSE, payload) + frame(TEXT, b"late"))
+            self.assertEqual([(k, p if k == CLOSE else p[0]) for k, p in pairs(events)], [(ERROR, 1002), (CLOSE, b"")])
+            self.assertEqual(reader.buffered, 0)
+
     def test_nothing_after_a_close_frame(self):
         """A close frame ends the stream: whatever follows it is not read."""
         reader = self.make_reader()

@@ -179,6 +179,7 @@ typedef struct {
     /* the control frame being read (at most 125 bytes) */
     uint8_t control[125];
     int control_len;
+    int control_keep;     /* its payload fits: kept (otherwise only a failed close frame, read and dropped) */
 } FrameReader;
 
 static int
@@ -252,8 +253,10 @@ begin_frame(FrameReader *self, PyObject *events, unsigned long long length)
     self->remaining = length;
     if (op > 7) {
         self->control_len = 0;
-        /* after an error only a close frame still matters: it ends the closing handshake */
-        if (self->failed && op == OP_CLOSE && length <= 125 && length != 1)
+        self->control_keep = length <= 125 && (op != OP_CLOSE || length != 1);
+        /* after an error only a close frame still matters, whatever its form: it ends the closing
+           handshake; one of a size no close frame may have is delivered empty */
+        if (self->failed && op == OP_CLOSE)
             self->discard = 0;
         return 0;
     }
@@ -359,6 +362,8 @@ take_payload(FrameReader *self, PyObject *events, const uint8_t *p, Py_ssize_t n
         return 0;
     uint8_t *dst;
     if (self->opcode > 7) {
+        if (!self->control_keep)
+            return 0;
         dst = self->control + self->control_len;
         self->control_len += (int)n;
     } else {

@@ -13,7 +13,9 @@ for everything they complete, `[kind, payload, kind, payload, ...]`:
   1007 for invalid UTF-8 in a text message, found as soon as the bytes that make it invalid arrive.
 
 After an error the reader keeps framing: it reads and drops every frame but a close frame, so
-the peer's answer to relayd's close is still read; after a close frame it reads nothing more.
+the peer's answer to relayd's close is still read (a close frame of a size no close frame may
+have, such as the one that caused the error, is delivered with an empty payload); after a close
+frame it reads nothing more.
 Nothing of a message over the limit is kept. Checks run in the order Autobahn's parser runs
 them, so both report the same first error (tests/test_wire_reader.py).
 """
@@ -67,6 +69,7 @@ class FrameReader:
         "max_frame", "max_message", "require_mask", "validate_utf8",
         "_state", "failed", "_header", "_opcode", "_fin", "_mask", "_mask_offset", "_remaining",
         "_discard", "_in_message", "_message_opcode", "_message_length", "_chunks", "_utf8", "_control",
+        "_control_keep",
     )
 
     def __init__(self, max_frame: int = 0, max_message: int = 0, require_mask: bool = True,
@@ -90,6 +93,7 @@ class FrameReader:
         self._chunks: list[bytes] = []
         self._utf8: Utf8Check | None = None
         self._control: list[bytes] = []
+        self._control_keep = True
 
     @property
     def buffered(self) -> int:
@@ -194,8 +198,10 @@ class FrameReader:
         self._remaining = length
         if op > 7:
             self._control = []
-            # after an error only a close frame still matters: it ends the closing handshake
-            if self.failed and op == CLOSE and length <= 125 and length != 1:
+            self._control_keep = length <= 125 and (op != CLOSE or length != 1)
+            # after an error only a close frame still matters, whatever its form: it ends the closing
+            # handshake; one of a size no close frame may have is delivered empty
+            if self.failed and op == CLOSE:
                 self._discard = False
             return
         if self._discard:
@@ -222,7 +228,8 @@ class FrameReader:
             chunk = unmask(chunk, self._mask, self._mask_offset)
             self._mask_offset = (self._mask_offset + len(chunk)) & 3
         if self._opcode > 7:
-            self._control.append(chunk)
+            if self._control_keep:
+                self._control.append(chunk)
             return
         self._chunks.append(chunk)
         if self._utf8 is not None and not self._utf8.update(chunk):
