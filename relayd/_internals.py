@@ -114,3 +114,8 @@ def can_write_now(transport) -> bool:
         and not transport._tempDataLen
         and len(transport.dataBuffer) == transport.offset
     )
+
+
+def writable_fd(transport) -> int:
+    """The socket of a transport that can_write_now, for writing around it; -1 for any other."""
+    return transport.socket.fileno() if can_write_now(transport) else -1

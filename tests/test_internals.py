@@ -97,6 +97,40 @@ class TCPInternalsTests(TestCase):
         self.assertIn("self._dataReceived(data)", inspect.getsource(WebSocketAdapterProtocol.dataReceived))
 
 
+    def test_tcp_server_socket(self):
+        """relayd.ws._writes sends around a tcp.Server to the socket it names transport.socket."""
+        from twisted.internet import tcp
+
+        self.assertIn("self.socket.send", inspect.getsource(tcp.Connection.writeSomeData))
+
+
+class FrameReaderInternalsTests(TestCase):
+    """relayd.ws.protocol hands an open connection's bytes to relayd's frame reader at these seams."""
+
+    def test_bytes_reach_consume_data(self):
+        """Autobahn buffers a read in self.data and calls consumeData, also with bytes left after the handshake."""
+        import autobahn.websocket.protocol as p
+
+        self.assertIn("self.data += data", inspect.getsource(p.WebSocketProtocol._dataReceived))
+        self.assertIn("self.consumeData()", inspect.getsource(p.WebSocketProtocol._dataReceived))
+        self.assertIn("self.consumeData()", inspect.getsource(p.WebSocketServerProtocol.succeedHandshake))
+
+    def test_close_frames_reach_on_close_frame(self):
+        """A close frame's code and raw reason go to onCloseFrame, which keeps the close handshake."""
+        import autobahn.websocket.protocol as p
+
+        self.assertIn("self.onCloseFrame(code, reasonRaw)", inspect.getsource(p.WebSocketProtocol.processControlFrame))
+        self.assertEqual(list(inspect.signature(p.WebSocketProtocol.onCloseFrame).parameters), ["self", "code", "reasonRaw"])
+
+    def test_failing_by_close_frame(self):
+        """relayd fails a connection as Autobahn's _fail_connection does without failByDrop: failedByMe, then a close frame."""
+        import autobahn.websocket.protocol as p
+
+        source = inspect.getsource(p.WebSocketProtocol._fail_connection)
+        self.assertIn("self.failedByMe = True", source)
+        self.assertIn("self.sendCloseFrame(", source)
+
+
 class ConnectionSetupInternalsTests(TestCase):
     def test_debug_formatting_is_lazy(self):
         """Autobahn's protocol module formats with a module-level pformat, which relayd makes lazy but exact."""

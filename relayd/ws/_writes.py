@@ -7,13 +7,19 @@ write (Twisted issue 5303). With fan-out that is two epoll calls and a deferred 
 per message. When nothing is queued on the transport, relayd sends at once and hands Twisted only
 what the socket did not take, so ordering, buffering and producer pausing stay Twisted's.
 
+Fan-out: when a read is handled, receivers that were gathered the same frames are written together,
+the frames joined once and, where the compiled wire path is built (relayd.ws.wire.send_many), sent
+to every socket with nothing queued in one call. What a socket does not take goes to Twisted's
+buffer as above; receivers with something queued are written through Twisted.
+
 This relies on tcp.Server internals (relayd._internals.can_write_now), checked by
 tests/test_internals.py.
 """
 
 from __future__ import annotations
 
-from relayd._internals import can_write_now
+from relayd._internals import can_write_now, writable_fd
+from relayd.ws.wire import send_many
 
 
 def write_now(transport, data: bytes) -> None:
@@ -25,6 +31,25 @@ def write_now(transport, data: bytes) -> None:
             data = data[sent:]
         # an error: the queued write below lets doWrite report the loss the usual way
     transport.write(data)
+
+
+def write_to_many(protocols, data: bytes) -> None:
+    """The same bytes to every protocol's connection, in one system-call loop where possible."""
+    direct, fds = [], []
+    for protocol in protocols:
+        fd = protocol.direct_fd()
+        if fd < 0:
+            protocol._write_wire(data)
+        else:
+            direct.append(protocol)
+            fds.append(fd)
+    if not fds:
+        return
+    size = len(data)
+    for protocol, taken in zip(direct, send_many(fds, data)):
+        if taken != size:
+            # part of it, or an error (kept whole, so the transport's doWrite reports the loss as usual)
+            protocol.transport.write(data[taken:] if taken > 0 else data)
 
 
 class WriteBatch:
@@ -61,9 +86,27 @@ class WriteBatch:
             protocol._write_wire(wires[0] if len(wires) == 1 else b"".join(wires))
 
     def flush(self) -> None:
-        while self.pending:
-            protocol = next(iter(self.pending))
-            self.flush_one(protocol)
+        if send_many is None or len(self.pending) < 2:
+            while self.pending:
+                self.flush_one(next(iter(self.pending)))
+            return
+        # receivers gathered the same frames (a broadcast) share one join and one send_many call;
+        # nothing here runs app code, so no frame is added while the groups are written
+        pending, self.pending = self.pending, {}
+        groups: dict = {}
+        for protocol, wires in pending.items():
+            key = wires[0] if len(wires) == 1 else tuple(wires)
+            group = groups.get(key)
+            if group is None:
+                groups[key] = [protocol]
+            else:
+                group.append(protocol)
+        for key, protocols in groups.items():
+            data = key if type(key) is bytes else b"".join(key)
+            if len(protocols) == 1:
+                protocols[0]._write_wire(data)
+            else:
+                write_to_many(protocols, data)
 
 
 BATCH = WriteBatch()

@@ -34,6 +34,7 @@ from relayd.session import IConnection, Runner
 from relayd.ws import closecodes
 from relayd.ws.frames import Frame
 from relayd.ws.ratelimit import Budget
+from relayd._internals import writable_fd
 from relayd.ws._writes import BATCH, write_now
 from relayd.ws.keepalive import PING
 from relayd.ws import reader as _events
@@ -339,6 +340,13 @@ class RelaydProtocol(WebSocketServerProtocol):
         metrics = self.factory.metrics
         metrics.messages_out += 1
         metrics.bytes_out += len(wire)
+
+    def direct_fd(self) -> int:
+        """The socket that wire bytes may be sent to directly now (relayd.ws._writes), or -1."""
+        transport = self.transport
+        if transport is None or self.state == _CLOSED or self.send_queue:
+            return -1
+        return writable_fd(transport)
 
     def _write_wire(self, wire: bytes) -> None:
         if self.transport is None or self.state == WebSocketProtocol.STATE_CLOSED:
