@@ -123,6 +123,11 @@ static void flush_out(Conn *c) {
     watch(c, 0);
 }
 
+/* Connections with output gathered this loop turn: written once each when the turn's events are
+ * handled (flush_dirty), so a sender answering many deliveries makes one send, not one per frame. */
+static Conn **dirty;
+static size_t dirty_len, dirty_cap;
+
 static void put(Conn *c, const char *data, size_t len) {
     if (c->out_len + len > c->out_cap) {
         c->out_cap = (c->out_len + len) * 2;
@@ -131,7 +136,20 @@ static void put(Conn *c, const char *data, size_t len) {
     memcpy(c->out + c->out_len, data, len);
     int was_empty = c->out_len == 0;
     c->out_len += len;
-    if (was_empty) flush_out(c);
+    if (was_empty && !c->watching_out) {
+        if (dirty_len == dirty_cap) {
+            dirty_cap = dirty_cap ? dirty_cap * 2 : 1024;
+            dirty = realloc(dirty, dirty_cap * sizeof *dirty);
+        }
+        dirty[dirty_len++] = c;
+    }
+}
+
+static void flush_dirty(void) {
+    /* a connection closed since it was listed has no output (close_conn clears it) */
+    for (size_t i = 0; i < dirty_len; i++)
+        if (dirty[i]->state != DEAD && dirty[i]->out_len) flush_out(dirty[i]);
+    dirty_len = 0;
 }
 
 /* A client frame: masked, as RFC 6455 requires of clients. */
@@ -181,10 +199,13 @@ static void close_conn(Conn *c) {
     epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
     close(c->fd);
     c->state = DEAD;
+    c->out_len = 0;
 }
 
 static void free_conn(Conn *c) {
     close_conn(c);
+    for (size_t i = 0; i < dirty_len; i++)
+        if (dirty[i] == c) dirty[i] = dirty[--dirty_len], i--;
     free(c->in);
     free(c->out);
     free(c);
@@ -195,6 +216,9 @@ static void free_conn(Conn *c) {
 static char device_id[16];
 
 static int app_is(const char *name) { return !strcmp(cfg.app, name); }
+
+/* the mode and app, decided once in main: asked for every message */
+static int is_fanout, is_rate, is_churn, is_gameroom, is_wiki, is_clicker;
 
 static void login(Conn *c) {
     char text[160];
@@ -304,6 +328,7 @@ static void on_writable(Conn *c) {
                          c->path ? c->path : cfg.path, c->port);
         c->state = UPGRADING;
         put(c, request, n);
+        flush_out(c);
         return;
     }
     flush_out(c);
@@ -327,9 +352,9 @@ static void payload_at(char *out, uint64_t ns) {
 
 static void send_payload(void) {
     char p[PAYLOAD + 1];
-    if (app_is("wikispeedruns")) {
+    if (is_wiki) {
         send_text(sender, "{\"type\":\"lobby_prompts_update\"}");
-    } else if (app_is("clicker")) {
+    } else if (is_clicker) {
         snprintf(p, sizeof p, "SCORE %ld %ld", sent + 1, sent);
         send_text(sender, p);
     } else {
@@ -341,8 +366,8 @@ static void send_payload(void) {
 
 /* whether a receiver's frame is one delivery of the scenario (0: a notice to skip, -1: malformed) */
 static int is_delivery(const char *payload, size_t len) {
-    if (app_is("wikispeedruns")) return len == 7 && !memcmp(payload, "refresh", 7) ? 1 : -1;
-    if (app_is("clicker")) {
+    if (is_wiki) return len == 7 && !memcmp(payload, "refresh", 7) ? 1 : -1;
+    if (is_clicker) {
         if (len >= 8 && !memcmp(payload, "CONNECT", 7)) return 0;
         return len > 6 && !memcmp(payload, "SCORE ", 6) ? 1 : -1;
     }
@@ -350,7 +375,7 @@ static int is_delivery(const char *payload, size_t len) {
 }
 
 static void pump(void) {
-    if (!strcmp(cfg.mode, "fanout"))
+    if (is_fanout)
         while (sent < cfg.messages && sent * cfg.receivers - delivered < (long)cfg.window * cfg.receivers) send_payload();
 }
 
@@ -375,11 +400,11 @@ static void gameroom_message(Conn *c, const char *payload, size_t len) {
 }
 
 static void on_message(Conn *c, const char *payload, size_t len) {
-    if (!strcmp(cfg.mode, "gameroom")) return gameroom_message(c, payload, len);
+    if (is_gameroom) return gameroom_message(c, payload, len);
     if (c->index == 0) {
         /* notices of phones joining, SCORED acks, the sender's own refresh; the device learns its id
          * (its REGISTERED may arrive before `sender` is set) */
-        if (app_is("clicker") && len > 11 && !memcmp(payload, "REGISTERED ", 11) && !device_id[0])
+        if (is_clicker && len > 11 && !memcmp(payload, "REGISTERED ", 11) && !device_id[0])
             sscanf(payload + 11, "%15[0-9]", device_id);
         return;
     }
@@ -399,7 +424,7 @@ static void on_message(Conn *c, const char *payload, size_t len) {
             hist_over++;
         hist_n++;
     }
-    if (!strcmp(cfg.mode, "fanout")) {
+    if (is_fanout) {
         if (delivered == total) finished = 1;
         else if (delivered % cfg.receivers == 0) pump();
     }
@@ -450,8 +475,9 @@ static int run(double seconds, int *until) {
     struct epoll_event events[512];
     double end = seconds < 0 ? 1e18 : now() + seconds;
     while (now() < end && !(until && *until)) {
+        flush_dirty();
         int timeout = 50;
-        if (!strcmp(cfg.mode, "rate") && started) timeout = 1;
+        if (is_rate && started) timeout = 1;
         int n = epoll_wait(ep, events, 512, timeout);
         for (int i = 0; i < n; i++) {
             Conn *c = events[i].data.ptr;
@@ -464,11 +490,11 @@ static int run(double seconds, int *until) {
             if (events[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) on_readable(c);
             if (c->state != DEAD && (events[i].events & EPOLLOUT)) on_writable(c);
         }
-        if (!strcmp(cfg.mode, "rate") && started) {
+        if (is_rate && started) {
             long due = (long)((now() - started) * cfg.rate);
             while (sent < due) send_payload();
         }
-        if (!strcmp(cfg.mode, "churn") && started) {
+        if (is_churn && started) {
             for (int i = 1; i <= cfg.concurrency; i++)
                 if (conns[i]->state == DEAD) {
                     free_conn(conns[i]);
@@ -477,6 +503,7 @@ static int run(double seconds, int *until) {
                 }
         }
     }
+    flush_dirty();
     return 0;
 }
 
@@ -580,6 +607,12 @@ int main(int argc, char **argv) {
         else if (!strcmp(k, "connections")) cfg.connections = atoi(v);
         else if (!strcmp(k, "concurrency")) cfg.concurrency = atoi(v);
     }
+    is_fanout = !strcmp(cfg.mode, "fanout");
+    is_rate = !strcmp(cfg.mode, "rate");
+    is_churn = !strcmp(cfg.mode, "churn");
+    is_gameroom = !strcmp(cfg.mode, "gameroom");
+    is_wiki = app_is("wikispeedruns");
+    is_clicker = app_is("clicker");
     struct rlimit rl;
     getrlimit(RLIMIT_NOFILE, &rl);
     rl.rlim_cur = rl.rlim_max;
