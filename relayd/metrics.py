@@ -82,6 +82,12 @@ class Metrics:
             "relayd_tick_lateness_seconds", "How late scheduler ticks ran", ["app"], registry=r,
             buckets=(0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
         )
+        self.turn_close_delay = Histogram(
+            "relayd_turn_close_delay_seconds",
+            "From when a lock-step turn could close (its last packet in, or its deadline passed) to its master packet",
+            ["app"], registry=r,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+        )
         self.bus_up = Gauge("relayd_bus_up", "1 while the bus reaches every node (always 1 in memory)", registry=r)
         self.bus_up.set(1)
         self.bus_published = Counter("relayd_bus_published", "Messages this node sent to other nodes", registry=r)

@@ -391,6 +391,70 @@ class SchedulerTests(TestCase):
         scheduler.stop()
 
 
+class DeadlineQueueTests(TestCase):
+    """The tick serves only rooms whose deadline passed; turns close at their gate; grids are spread."""
+
+    def _started(self, h, rooms):
+        """`rooms` one-player rooms, each started with its turn 0 packet in, no clock time spent."""
+        games = [new_game(h, players=1) for _ in range(rooms)]
+        core = h.app("gameroom").core
+        for _ in range(10):
+            h.flush()
+            for _, seats in games:
+                for seat in seats:
+                    seat.pump()
+            if len(core.running) == rooms and all(room.packets for room in core.running.values()):
+                break
+        h.flush()
+        self.assertEqual(len(core.running), rooms)
+        return games
+
+    def test_rooms_with_nothing_due_cost_the_tick_nothing(self):
+        """Forty running rooms whose players have not answered are not visited by ticks before their turns are late."""
+        h = harness()
+        app = h.app("gameroom")
+        self._started(h, 40)
+        self.assertEqual(len(app.core.running), 40)
+        for _ in range(15):
+            h.advance(0.01)  # every room's turn 0 closes at its gate (within one turn of the start)
+        self.assertTrue(all(r.turn == 1 for r in app.core.running.values()))
+        served = []
+        real = app.core._serve
+        app.core._serve = lambda room, now: (served.append(room.id), real(room, now))
+        # the players hold back turn 1: nothing is due before it is late, command_delay turns after it opened
+        late_after = min(r.deadline() for r in app.core.running.values()) - h.reactor.seconds()
+        self.assertGreater(late_after, 0.04)
+        for _ in range(4):
+            h.advance(0.01)
+        self.assertEqual(served, [])
+        h.advance(0.2)
+        self.assertEqual(sorted(set(served)), sorted(app.core.running))  # each room once its turn is late
+        self.assertTrue(all(r.state == states.LAGGING for r in app.core.running.values()))
+
+    def test_a_held_turn_closes_at_its_gate(self):
+        """A turn complete before max_turn_rate allows closes at the first tick after its gate; the delay is measured."""
+        h = harness("max_turn_rate = 10")
+        app = h.app("gameroom")
+        delays = []
+        app.core.close_delay = delays.append
+        room_id, seats = new_game(h, players=1)
+        # 1 ms steps, and patience for a whole turn: the first turn waits for its room's grid offset
+        play(h, seats, until=lambda: seats[0].player.executed >= 4, step=0.001, rounds=5000, idle_rounds=200)
+        self.assertGreaterEqual(len(delays), 4)
+        # ticks every 10 ms: a held turn waits at most one tick past its gate
+        self.assertTrue(all(0 <= d <= 0.0101 for d in delays), delays)
+        self.assertEqual(app.core.rooms[room_id].turn, len(delays))
+
+    def test_rooms_started_together_do_not_close_together(self):
+        """Rooms started in the same instant get rate grids spread over a turn, not one shared grid."""
+        h = harness("max_turn_rate = 10")
+        app = h.app("gameroom")
+        self._started(h, 50)
+        gates = sorted(room.gate() % 0.1 for room in app.core.running.values())
+        self.assertEqual(len(set(round(g, 6) for g in gates)), 50)
+        self.assertGreater(gates[-1] - gates[0], 0.08)
+
+
 class IdleSchedulerTests(TestCase):
     def test_ticks_run_only_while_a_game_runs(self):
         """No tick wakes the reactor while no game runs; ticks start with a game and stop once it is over."""

@@ -26,7 +26,7 @@ SPEC = AppSpec(
         "create_window": Option(number(1, 86400), 600.0, "Seconds over which creates_per_address refills."),
         "unjoined_timeout": Option(number(1, 86400), 300.0, "Seconds a room created without the token may wait for its first player before it is abandoned."),
         "public_url": Option(text, "", "Base URL clients reach relayd at (https://games.example); empty: the address of the listener the request came in on."),
-        "tick_interval": Option(number(0.001, 1), 0.01, "Seconds between scheduler ticks (deadlines of all rooms)."),
+        "tick_interval": Option(number(0.001, 1), 0.005, "Seconds between scheduler ticks; a tick serves only the rooms whose deadline passed."),
         "command_delay": Option(integer(1, 16), 2, "Turns between the turn a command is sent for and the turn it executes."),
         "turn_ms": Option(integer(10, 10000), 100, "Initial turn length in milliseconds."),
         "min_turn_ms": Option(integer(10, 10000), 50, "Shortest turn the adaptation may choose."),

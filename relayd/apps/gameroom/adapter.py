@@ -200,6 +200,7 @@ class GameRoomApp(App):
         )
         self.create_quota = AddressQuota(o["creates_per_address"], o["create_window"], self.reactor)
         self.core = GameRoom(self.bus, self.settings)
+        self.core.close_delay = self.metrics.parent.turn_close_delay.labels(ctx.name).observe
         self.live: dict[tuple[str, str], GameRoomSession] = {}
         self.placement = None
         if self.cluster is None:

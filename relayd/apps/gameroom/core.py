@@ -4,16 +4,23 @@ gameroom, sans IO: deterministic lock-step rooms in the Age of Empires model.
 The server never runs engine code. It gathers each player's command packet for the open turn,
 closes the turn into a master packet (every player's commands in a fixed order, the turn timing
 and the hash verdict) and broadcasts it; commands execute `command_delay` turns after the turn they
-were sent for, so the next master packet travels while a turn plays. Time is passed in (`now`);
-the tick scheduler calls tick(now) for deadlines. Frames go out on the bus; the durable store is
-fed by the app from `dirty`.
+were sent for, so the next master packet travels while a turn plays. Time is passed in (`now`).
+
+A turn closes when its last packet arrives, unless max_turn_rate holds it back. Everything else
+that happens at a time (a turn held by the rate cap, a turn running late, a lagging player
+substituted, an away player dropped) is a deadline: each running room keeps only its next one in a
+queue ordered by time, and tick(now) serves the rooms whose deadline passed, none of the others.
+Rooms' rate grids are offset from one another so that rooms started together do not close together.
+Frames go out on the bus; the durable store is fed by the app from `dirty`.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from itertools import count
 
 import hashlib
+import heapq
 import secrets
 import uuid
 from typing import Any
@@ -122,6 +129,8 @@ class Room:
     persisted: int = 0
     last_close: float = float("-inf")
     log_bytes: int = 0
+    due: float | None = None  # the room's deadline in the queue (GameRoom._reschedule)
+    complete_at: float | None = None  # when the open turn's last packet arrived
 
     def player(self, pid: str) -> Player | None:
         for p in self.players:
@@ -130,7 +139,15 @@ class Room:
         return None
 
     def deadline(self) -> float:
+        """When the open turn is late: its packets had command_delay turns to arrive."""
         return self.opened_at + self.settings.command_delay * self.turn_ms / 1000.0
+
+    def gate(self) -> float:
+        """The earliest the open turn may close under max_turn_rate."""
+        return self.last_close + 1.0 / self.settings.max_turn_rate
+
+    def complete(self) -> bool:
+        return all(p.pid in self.packets or p.dropped for p in self.players)
 
     def info(self) -> dict:
         return {
@@ -179,6 +196,11 @@ class GameRoom:
         self.dirty: set[str] = set()
         self.deleted: set[str] = set()
         self.archive_bytes = 0  # the master packets every held room keeps
+        # (when, order, room id): a room's entry is current while its `due` is `when`; others are skipped
+        self._deadlines: list[tuple[float, int, str]] = []
+        self._order = count()
+        # told how long each closed turn waited after it could close (the app's histogram)
+        self.close_delay = None
 
     # ---- rooms -----------------------------------------------------------------------------
 
@@ -283,6 +305,7 @@ class GameRoom:
                     self._event(room, now, "reconnected", player=player.pid)
                     self._players_changed(room)
                     self._refresh_state(room, now)
+                    self._reschedule(room, now)
                     return player
         raise _err("invalid_session", "this session token belongs to no player of this room", close=True)
 
@@ -300,6 +323,7 @@ class GameRoom:
         self._event(room, now, "disconnected", player=player.pid)
         self._players_changed(room)
         self._refresh_state(room, now)
+        self._reschedule(room, now)
 
     def welcome(self, room: Room, player: Player | None, token: str | None) -> dict:
         return {
@@ -348,6 +372,10 @@ class GameRoom:
         room.started = now
         room.turn = 0
         room.opened_at = now
+        # rooms started together would share one rate grid and close their turns in the same instant:
+        # each room's grid is offset by a fraction of a turn that its id decides
+        offset = int.from_bytes(hashlib.blake2b(room.id.encode(), digest_size=4).digest(), "big") / 2 ** 32
+        room.last_close = now - (1.0 - offset) / room.settings.max_turn_rate
         self.running[room.id] = room
         self._event(room, now, "started")
         self._broadcast(room, _frame(
@@ -355,6 +383,7 @@ class GameRoom:
             seed=room.seed, engine=room.engine, turn=0, turn_ms=room.turn_ms, iterations=room.iterations,
             command_delay=room.settings.command_delay, state=room.state,
         ))
+        self._reschedule(room, now)
 
     # ---- turns -----------------------------------------------------------------------------
 
@@ -398,15 +427,21 @@ class GameRoom:
         player.frame_ms = max(frame_ms, 0.8 * player.frame_ms + 0.2 * frame_ms)
         if state_hash is not None and self._record_hash(room, player, hash_turn, state_hash, now):
             return
+        if room.complete_at is None and room.complete():
+            room.complete_at = now
         self._close_if_complete(room, now)
+        self._reschedule(room, now)
 
     def _close_if_complete(self, room: Room, now: float) -> bool:
-        """Close the open turn once every packet is in, but no faster than max_turn_rate (the tick retries)."""
-        if not all(p.pid in room.packets or p.dropped for p in room.players):
+        """Close the open turn once every packet is in, but no faster than max_turn_rate (then at its gate)."""
+        if not room.complete():
             return False
-        if now - room.last_close < 1.0 / room.settings.max_turn_rate:
+        gate = room.gate()
+        if now < gate:
             return True
-        self._close_turn(room, now, substituted=[p.pid for p in room.players if p.pid not in room.packets])
+        ready = max(gate, room.complete_at if room.complete_at is not None else now)
+        self._close_turn(room, now, substituted=[p.pid for p in room.players if p.pid not in room.packets],
+                         ready=ready)
         return True
 
     def _record_hash(self, room: Room, player: Player, hash_turn: int, value: str, now: float) -> bool:
@@ -438,7 +473,10 @@ class GameRoom:
                                      state=room.state))
         return True
 
-    def _close_turn(self, room: Room, now: float, substituted: list[str]) -> None:
+    def _close_turn(self, room: Room, now: float, substituted: list[str], ready: float) -> None:
+        """The open turn's master packet, out now; `ready` is when the turn could have closed."""
+        if self.close_delay is not None:
+            self.close_delay(max(0.0, now - ready))
         n = room.turn
         master: dict[str, Any] = {
             "type": "turn", "turn": n, "execute_at": n + room.settings.command_delay,
@@ -462,6 +500,7 @@ class GameRoom:
         self._broadcast(room, frame)
         room.turn = n + 1
         room.packets = {}
+        room.complete_at = None
         room.opened_at = now
         # keep the cap on a grid: a close that waited for the next tick does not push every later
         # turn back by that wait, so a room answering at once holds max_turn_rate, not a little less
@@ -536,7 +575,7 @@ class GameRoom:
             return
         away = [p.pid for p in room.players if not p.connected and not p.dropped]
         missing = [p.pid for p in room.players if p.pid not in room.packets and not p.dropped]
-        late = bool(missing) and now > room.deadline()
+        late = bool(missing) and now >= room.deadline()
         target = states.WAITING if away else states.LAGGING if late else states.ITERATING
         if target == state:
             return
@@ -551,24 +590,63 @@ class GameRoom:
                                      lagging=missing if target == states.LAGGING else []))
 
     def tick(self, now: float) -> None:
-        """Deadlines of every running room: away players, late turns, substitution."""
-        for room in list(self.running.values()):
-            for p in room.players:
-                if not p.connected and not p.dropped and p.away_since is not None \
-                        and now - p.away_since >= room.settings.away_timeout:
-                    p.dropped = True
-                    self._event(room, now, "dropped", player=p.pid)
-                    self._players_changed(room)
-            if all(p.dropped for p in room.players):
-                self._finish(room, now, "abandoned")
-                continue
-            if self._close_if_complete(room, now):
-                continue
-            missing = [p.pid for p in room.players if p.pid not in room.packets]
-            self._refresh_state(room, now)
-            if room.state == states.LAGGING and room.settings.on_lag == "substitute" \
-                    and room.lag_since is not None and now - room.lag_since >= room.settings.lag_tolerance:
-                self._close_turn(room, now, substituted=missing)
+        """Serve the rooms whose deadline passed; a room with nothing due costs nothing here."""
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= now:
+            when, _, room_id = heapq.heappop(deadlines)
+            room = self.running.get(room_id)
+            if room is None or room.due != when:
+                continue  # the room stopped, or its deadline moved since this entry
+            room.due = None
+            self._serve(room, now)
+            self._reschedule(room, now)
+
+    def _serve(self, room: Room, now: float) -> None:
+        """What is due for one room: away players dropped, a held turn closed, a late turn, substitution."""
+        for p in room.players:
+            if not p.connected and not p.dropped and p.away_since is not None \
+                    and now >= p.away_since + room.settings.away_timeout:
+                p.dropped = True
+                self._event(room, now, "dropped", player=p.pid)
+                self._players_changed(room)
+        if all(p.dropped for p in room.players):
+            self._finish(room, now, "abandoned")
+            return
+        if self._close_if_complete(room, now):
+            return
+        missing = [p.pid for p in room.players if p.pid not in room.packets]
+        self._refresh_state(room, now)
+        if room.state == states.LAGGING and room.settings.on_lag == "substitute" and room.lag_since is not None:
+            substitute_at = room.lag_since + room.settings.lag_tolerance
+            if now >= substitute_at:
+                self._close_turn(room, now, substituted=missing, ready=substitute_at)
+
+    def _next_deadline(self, room: Room, now: float) -> float | None:
+        """The next time something is due for a running room, if anything is (after now)."""
+        if self.running.get(room.id) is not room:
+            return None
+        s = room.settings
+        times = [p.away_since + s.away_timeout for p in room.players
+                 if not p.connected and not p.dropped and p.away_since is not None]
+        if room.complete():
+            times.append(room.gate())
+        elif room.state == states.LAGGING:
+            if s.on_lag == "substitute" and room.lag_since is not None:
+                times.append(room.lag_since + s.lag_tolerance)
+        elif room.state != states.WAITING:
+            times.append(room.deadline())
+        # a time already passed was served just now: whatever still waits, waits for a player
+        later = [t for t in times if t > now]
+        return min(later) if later else None
+
+    def _reschedule(self, room: Room, now: float) -> None:
+        """Put the room's next deadline in the queue (where it moved earlier or later, the old entry goes stale)."""
+        when = self._next_deadline(room, now)
+        if when == room.due:
+            return
+        room.due = when
+        if when is not None:
+            heapq.heappush(self._deadlines, (when, next(self._order), room.id))
 
     def housekeeping(self, now: float) -> None:
         """Rooms never leak: unstarted rooms time out, finished ones leave after archive_ttl."""
@@ -615,6 +693,7 @@ class GameRoom:
             self.running[room.id] = room
             # loading is not a transition: a restored game waits for its players to come back
             room.state = states.WAITING
+            self._reschedule(room, now)
         elif room.state == states.SETUP:
             room.players = []  # setup seats do not outlive their connections
         self.rooms[room.id] = room
