@@ -116,6 +116,24 @@ def can_write_now(transport) -> bool:
     )
 
 
-def writable_fd(transport) -> int:
-    """The socket of a transport that can_write_now, for writing around it; -1 for any other."""
-    return transport.socket.fileno() if can_write_now(transport) else -1
+_Server = _tcp.Server
+
+
+def split_writable(protocols, closed_state: int) -> tuple[list, list, list]:
+    """
+    The Autobahn protocols whose plain TCP transport has nothing queued (Twisted's buffer empty,
+    Autobahn not writing chopped data), with their sockets, and the rest: the fan-out writes the
+    first around Twisted (relayd.ws._writes.write_to_many). can_write_now's checks, inlined: this
+    runs once per receiver of every broadcast.
+    """
+    direct, fds, others = [], [], []
+    for protocol in protocols:
+        t = protocol.transport
+        if (type(t) is _Server and protocol.state != closed_state and not protocol.send_queue and t.connected
+                and not t.disconnecting and not t._writeDisconnected and not t._tempDataLen
+                and len(t.dataBuffer) == t.offset):
+            direct.append(protocol)
+            fds.append(t.socket.fileno())
+        else:
+            others.append(protocol)
+    return direct, fds, others

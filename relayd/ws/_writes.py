@@ -18,8 +18,12 @@ tests/test_internals.py.
 
 from __future__ import annotations
 
-from relayd._internals import can_write_now, writable_fd
+from autobahn.websocket.protocol import WebSocketProtocol
+
+from relayd._internals import can_write_now, split_writable
 from relayd.ws.wire import send_many
+
+_CLOSED = WebSocketProtocol.STATE_CLOSED
 
 
 def write_now(transport, data: bytes) -> None:
@@ -35,14 +39,9 @@ def write_now(transport, data: bytes) -> None:
 
 def write_to_many(protocols, data: bytes) -> None:
     """The same bytes to every protocol's connection, in one system-call loop where possible."""
-    direct, fds = [], []
-    for protocol in protocols:
-        fd = protocol.direct_fd()
-        if fd < 0:
-            protocol._write_wire(data)
-        else:
-            direct.append(protocol)
-            fds.append(fd)
+    direct, fds, others = split_writable(protocols, _CLOSED)
+    for protocol in others:
+        protocol._write_wire(data)
     if not fds:
         return
     size = len(data)

@@ -34,7 +34,6 @@ from relayd.session import IConnection, Runner
 from relayd.ws import closecodes
 from relayd.ws.frames import Frame
 from relayd.ws.ratelimit import Budget
-from relayd._internals import writable_fd
 from relayd.ws._writes import BATCH, write_now
 from relayd.ws.keepalive import PING
 from relayd.ws import reader as _events
@@ -153,6 +152,7 @@ class RelaydProtocol(WebSocketServerProtocol):
     def connectionMade(self):
         super().connectionMade()
         factory = self.factory
+        self._metrics = factory.metrics
         self._clock = factory.reactor
         self._budget = Budget(factory.limits.rate(), self._clock.seconds())
         self._queue: deque[Frame] = deque()
@@ -334,19 +334,20 @@ class RelaydProtocol(WebSocketServerProtocol):
         self._write(frame)
 
     def _write(self, frame: Frame) -> None:
+        # once per receiver of every frame relayd relays: BATCH.add inlined
         wire = frame.wire
-        if not BATCH.add(self, wire):
+        batch = BATCH
+        if batch.depth:
+            wires = batch.pending.get(self)
+            if wires is None:
+                batch.pending[self] = [wire]
+            else:
+                wires.append(wire)
+        else:
             self._write_wire(wire)
-        metrics = self.factory.metrics
+        metrics = self._metrics
         metrics.messages_out += 1
         metrics.bytes_out += len(wire)
-
-    def direct_fd(self) -> int:
-        """The socket that wire bytes may be sent to directly now (relayd.ws._writes), or -1."""
-        transport = self.transport
-        if transport is None or self.state == _CLOSED or self.send_queue:
-            return -1
-        return writable_fd(transport)
 
     def _write_wire(self, wire: bytes) -> None:
         if self.transport is None or self.state == WebSocketProtocol.STATE_CLOSED:
@@ -438,8 +439,7 @@ class RelaydProtocol(WebSocketServerProtocol):
 
     # ---- IConnection (relayd.session) ---------------------------------------------------------
 
-    def send(self, frame: Frame, latest: str | None = None) -> None:
-        self.send_frame(frame, latest)
+    send = send_frame
 
     def still_open(self) -> bool:
         return self.state == _OPEN
