@@ -62,6 +62,9 @@ auto_ping_timeout = {keepalive}
 [app:carparty]
 listeners = main
 path = /carparty
+; the game server's role has limits of its own (3000 messages/s): lifted like every client's
+server_rate_limit = 0
+server_byte_rate = 0
 
 [app:wikispeedruns]
 listeners = main

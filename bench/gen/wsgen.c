@@ -123,8 +123,10 @@ static void flush_out(Conn *c) {
     watch(c, 0);
 }
 
-/* Connections with output gathered this loop turn: written once each when the turn's events are
- * handled (flush_dirty), so a sender answering many deliveries makes one send, not one per frame. */
+/* Connections with output gathered this loop turn: written when FLUSH_AT bytes are waiting (the
+ * server gets work while the generator goes on) and otherwise once each when the turn's events are
+ * handled (flush_dirty): a sender answering many deliveries makes a send per ten frames, not one each. */
+enum { FLUSH_AT = 1024 };
 static Conn **dirty;
 static size_t dirty_len, dirty_cap;
 
@@ -136,6 +138,10 @@ static void put(Conn *c, const char *data, size_t len) {
     memcpy(c->out + c->out_len, data, len);
     int was_empty = c->out_len == 0;
     c->out_len += len;
+    if (c->out_len >= FLUSH_AT && !c->watching_out) {
+        flush_out(c);  /* it stays listed in dirty, if it is: flush_dirty skips it once empty */
+        return;
+    }
     if (was_empty && !c->watching_out) {
         if (dirty_len == dirty_cap) {
             dirty_cap = dirty_cap ? dirty_cap * 2 : 1024;
@@ -152,24 +158,37 @@ static void flush_dirty(void) {
     dirty_len = 0;
 }
 
-/* A client frame: masked, as RFC 6455 requires of clients. */
-static void send_frame(Conn *c, int opcode, const char *payload, size_t len) {
-    char frame[16 + 4096];
+/* A client frame, masked as RFC 6455 requires of clients, into out; returns its length (0: too long). */
+static size_t build_frame(char *out, int opcode, const char *payload, size_t len) {
     static const unsigned char mask[4] = {0x37, 0xfa, 0x21, 0x3d};
     size_t h = 0;
-    if (len > 4096) return;
-    frame[h++] = (char)(0x80 | opcode);
+    if (len > 4096) return 0;
+    out[h++] = (char)(0x80 | opcode);
     if (len < 126) {
-        frame[h++] = (char)(0x80 | len);
+        out[h++] = (char)(0x80 | len);
     } else {
-        frame[h++] = (char)(0x80 | 126);
-        frame[h++] = (char)(len >> 8);
-        frame[h++] = (char)(len & 0xff);
+        out[h++] = (char)(0x80 | 126);
+        out[h++] = (char)(len >> 8);
+        out[h++] = (char)(len & 0xff);
     }
-    memcpy(frame + h, mask, 4);
+    memcpy(out + h, mask, 4);
     h += 4;
-    for (size_t i = 0; i < len; i++) frame[h + i] = payload[i] ^ mask[i & 3];
-    put(c, frame, h + len);
+    uint32_t m, w;
+    memcpy(&m, mask, 4);
+    size_t i = 0;
+    for (; i + 4 <= len; i += 4) {
+        memcpy(&w, payload + i, 4);
+        w ^= m;
+        memcpy(out + h + i, &w, 4);
+    }
+    for (; i < len; i++) out[h + i] = payload[i] ^ mask[i & 3];
+    return h + len;
+}
+
+static void send_frame(Conn *c, int opcode, const char *payload, size_t len) {
+    char frame[16 + 4096];
+    size_t n = build_frame(frame, opcode, payload, len);
+    if (n) put(c, frame, n);
 }
 
 static void send_text(Conn *c, const char *text) { send_frame(c, 1, text, strlen(text)); }
@@ -352,6 +371,18 @@ static void payload_at(char *out, uint64_t ns) {
 
 static void send_payload(void) {
     char p[PAYLOAD + 1];
+    /* fan-out frames carry no time (only rate mode reads it): one frame, built once, copied */
+    static char fixed[16 + PAYLOAD];
+    static size_t fixed_len;
+    if (is_fanout && !is_wiki && !is_clicker) {
+        if (!fixed_len) {
+            payload_at(p, 0);
+            fixed_len = build_frame(fixed, 1, p, PAYLOAD);
+        }
+        put(sender, fixed, fixed_len);
+        sent++;
+        return;
+    }
     if (is_wiki) {
         send_text(sender, "{\"type\":\"lobby_prompts_update\"}");
     } else if (is_clicker) {
