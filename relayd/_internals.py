@@ -66,13 +66,80 @@ def protocol_with_options(protocol: type, factory) -> type:
 
     Autobahn copies every option (CONFIG_ATTRS, about forty) from the factory onto each connection in
     _connectionMade unless the connection already has it; as class attributes they are found there
-    and each connection's __dict__ stays forty entries smaller. Set after setProtocolOptions.
+    and each connection's __dict__ stays forty entries smaller. Set after setProtocolOptions. The
+    subclass also carries what lean_after_open leaves to the class.
     """
     # a function stored as a class attribute would become a method; options such as
     # perMessageCompressionAccept are plain callables and must stay so
     options = {name: staticmethod(value) if callable(value) else value
                for name in protocol.CONFIG_ATTRS for value in (getattr(factory, name),)}
-    return type(protocol.__name__, (protocol,), {"__module__": protocol.__module__, "__qualname__": protocol.__qualname__, **options})
+    return type(protocol.__name__, (protocol,), {"__module__": protocol.__module__, "__qualname__": protocol.__qualname__,
+                                                 **options, **AUTOBAHN_DEFAULTS, "trafficStats": _SHARED_TRAFFIC_STATS,
+                                                 "send_queue": NO_SEND_QUEUE})
+
+
+# ---- an open connection keeps only what it reads -----------------------------------------------
+from autobahn.websocket.protocol import TrafficStats as _TrafficStats  # noqa: E402
+
+# what Autobahn keeps of the opening handshake: read only while it runs (processHandshake,
+# succeedHandshake), about 2 KB a connection
+_HANDSHAKE_LEFTOVERS = (
+    "http_headers", "http_request_data", "http_response_data", "http_status_line", "http_request_uri",
+    "http_request_path", "http_request_params", "http_request_host", "_wskey", "websocket_protocols",
+    "websocket_extensions", "websocket_origin", "request",
+)
+# read only by Autobahn's frame parser and message assembly, which relayd's frame reader replaces
+# (relayd.ws.wire): its UTF-8 validator and the observable "message" event
+_PARSER_STATE = ("utf8validator", "_results", "_valid_events")
+
+# the flags Autobahn's _connectionMade sets on every connection, at the values it sets: left to the
+# class once the connection is open, and set on the connection again only when they change
+AUTOBAHN_DEFAULTS = {
+    "_perMessageCompress": None, "trackedTimings": None, "send_state": 0, "triggered": False,
+    "wasMaxFramePayloadSizeExceeded": False, "wasMaxMessagePayloadSizeExceeded": False, "closedByMe": False,
+    "failedByMe": False, "droppedByMe": False, "wasClean": False, "wasNotCleanReason": None,
+    "wasServerConnectionDropTimeout": False, "wasOpenHandshakeTimeout": False, "wasCloseHandshakeTimeout": False,
+    "wasServingFlashSocketPolicyFile": False, "localCloseCode": None, "localCloseReason": None,
+    "remoteCloseCode": None, "remoteCloseReason": None, "openHandshakeTimeoutCall": None,
+    "closeHandshakeTimeoutCall": None, "autoPingTimeoutCall": None, "autoPingPending": None,
+    "autoPingPendingCall": None, "autoPingPendingSeq": 0, "autoPingPendingSent": None,
+    "inside_message": False, "current_frame": None, "websocket_protocol_in_use": None,
+}
+
+# Autobahn counts traffic into it on every send and nothing reads it: one for every connection
+_SHARED_TRAFFIC_STATS = _TrafficStats()
+
+
+class _NoSendQueue(tuple):
+    """
+    Autobahn's send queue, which fills only for sync or chopped sends; relayd makes neither, so every
+    connection shares this empty one (a deque is 760 bytes), and a send that would queue fails loudly.
+    """
+
+    __slots__ = ()
+
+    def append(self, item):
+        raise RuntimeError("relayd makes no sync or chopped sends: nothing may be queued on Autobahn's send queue")
+
+
+NO_SEND_QUEUE = _NoSendQueue()
+
+
+def lean_after_open(protocol) -> None:
+    """
+    Once the WebSocket is open: drop what only the handshake and Autobahn's parser read, leave flags
+    at their default to the class, and rebuild the instance dict at its new size (a dict never
+    shrinks when entries are deleted). About 3 KB less per idle connection.
+    """
+    kept = {}
+    for name, value in protocol.__dict__.items():
+        if name in _HANDSHAKE_LEFTOVERS or name in _PARSER_STATE or name in ("trafficStats", "send_queue"):
+            continue
+        default = AUTOBAHN_DEFAULTS.get(name, kept)  # `kept` stands for "no default"
+        if default is not kept and type(value) is type(default) and value == default:
+            continue
+        kept[name] = value
+    protocol.__dict__ = kept
 
 
 # ---- Twisted's PROXY protocol wrapper -----------------------------------------------------------

@@ -131,6 +131,83 @@ class FrameReaderInternalsTests(TestCase):
         self.assertIn("self.sendCloseFrame(", source)
 
 
+class LeanConnectionInternalsTests(TestCase):
+    """What relayd._internals.lean_after_open drops or leaves to the class, checked against Autobahn."""
+
+    HANDSHAKE_METHODS = {"processHandshake", "succeedHandshake", "processProxyConnect", "startHandshake",
+                         "_actuallyStartHandshake", "failHandshake", "onConnect"}
+
+    def _methods_reading(self, name):
+        import autobahn.websocket.protocol as p
+
+        readers = set()
+        for cls in (p.WebSocketProtocol, p.WebSocketServerProtocol, p.WebSocketClientProtocol):
+            for method, function in vars(cls).items():
+                if not inspect.isfunction(function):
+                    continue
+                code = "\n".join(line.split("#", 1)[0] for line in inspect.getsource(function).splitlines())
+                if f"self.{name}" in code:
+                    readers.add(method)
+        return readers
+
+    def test_handshake_leftovers_are_read_only_by_the_handshake(self):
+        """Every attribute dropped once open is read by no Autobahn method but the handshake's."""
+        from relayd._internals import _HANDSHAKE_LEFTOVERS
+
+        for name in _HANDSHAKE_LEFTOVERS:
+            if name == "request":
+                continue  # relayd's own, read only in connecting()
+            self.assertLessEqual(self._methods_reading(name), self.HANDSHAKE_METHODS, name)
+
+    def test_parser_state_is_read_only_by_autobahns_parser(self):
+        """The UTF-8 validator and the message event are used only by the parsing relayd's frame reader replaces."""
+        parsing = {"onFrameBegin", "onFrameData", "onFrameEnd", "onMessageEnd", "_connectionMade", "__init__"}
+        self.assertLessEqual(self._methods_reading("utf8validator"), parsing)
+        self.assertLessEqual(self._methods_reading("fire("), parsing)
+
+    def test_flag_defaults_are_autobahns(self):
+        """The flags left to the class hold exactly the values Autobahn's _connectionMade gives every connection."""
+        import autobahn.websocket.protocol as p
+
+        from relayd._internals import AUTOBAHN_DEFAULTS
+
+        source = inspect.getsource(p.WebSocketProtocol._connectionMade) + inspect.getsource(p.WebSocketServerProtocol.succeedHandshake) \
+            + inspect.getsource(p.WebSocketServerProtocol.processHandshake)
+        # the subprotocol in use is the one negotiated: None (the default left to the class) when none was
+        negotiated = {"websocket_protocol_in_use": "self.websocket_protocol_in_use = protocol"}
+        for name, value in AUTOBAHN_DEFAULTS.items():
+            written = f"self.{name} = {value!r}" in source or (name == "send_state" and "self.send_state = WebSocketProtocol.SEND_STATE_GROUND" in source) \
+                or negotiated.get(name, "\0") in source
+            self.assertTrue(written, f"{name} = {value!r} is not what Autobahn sets")
+        self.assertEqual(p.WebSocketProtocol.SEND_STATE_GROUND, 0)
+
+    def test_nothing_queues_on_the_shared_send_queue(self):
+        """Autobahn queues a send only when it is sync or chopped, and sends nothing sync or chopped itself."""
+        import autobahn.websocket.protocol as p
+
+        send_data = inspect.getsource(p.WebSocketProtocol.sendData)
+        self.assertIn("if sync or len(self.send_queue) > 0:", send_data)
+        self.assertIn("if chopsize and chopsize > 0:", send_data)
+        module = inspect.getsource(p)
+        self.assertNotIn("sync=True", module)
+
+    def test_an_open_connection_keeps_only_what_it_reads(self):
+        """An open phone holds no handshake leftovers, shares the send queue and traffic counters, and still works."""
+        from relayd._internals import NO_SEND_QUEUE
+        from tests.support import Harness, make_config
+
+        h = Harness(make_config("[app:testee]\nlisteners = main\npath = /echo\n")).start()
+        client = h.ws("/echo")
+        server = h.service.listeners["main"].tracker.websockets()[-1]
+        self.assertFalse({"http_headers", "http_request_data", "utf8validator", "send_queue", "trafficStats", "wasClean"}
+                         & set(vars(server)))
+        self.assertIs(server.send_queue, NO_SEND_QUEUE)
+        self.assertLess(len(vars(server)), 45)
+        client.send_text("still echoes")
+        h.flush()
+        self.assertEqual(client.messages[-1], "still echoes")
+
+
 class ConnectionSetupInternalsTests(TestCase):
     def test_debug_formatting_is_lazy(self):
         """Autobahn's protocol module formats with a module-level pformat, which relayd makes lazy but exact."""

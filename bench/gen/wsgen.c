@@ -106,7 +106,11 @@ static void watch(Conn *c, int out) {
     epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &e);
 }
 
+static long unflushed;  /* the sender's frames gathered and not yet written */
+static Conn *sender;
+
 static void flush_out(Conn *c) {
+    if (c == sender) unflushed = 0;
     while (c->out_len) {
         ssize_t n = send(c->fd, c->out, c->out_len, MSG_NOSIGNAL);
         if (n < 0) {
@@ -151,11 +155,19 @@ static void put(Conn *c, const char *data, size_t len) {
     }
 }
 
+static int holds_back(Conn *c);
+
 static void flush_dirty(void) {
-    /* a connection closed since it was listed has no output (close_conn clears it) */
-    for (size_t i = 0; i < dirty_len; i++)
-        if (dirty[i]->state != DEAD && dirty[i]->out_len) flush_out(dirty[i]);
-    dirty_len = 0;
+    /* a connection closed since it was listed has no output (close_conn clears it); one that
+     * holds its output back for now stays listed */
+    size_t kept = 0;
+    for (size_t i = 0; i < dirty_len; i++) {
+        Conn *c = dirty[i];
+        if (c->state == DEAD || !c->out_len) continue;
+        if (holds_back(c)) dirty[kept++] = c;
+        else flush_out(c);
+    }
+    dirty_len = kept;
 }
 
 /* A client frame, masked as RFC 6455 requires of clients, into out; returns its length (0: too long). */
@@ -355,8 +367,17 @@ static void on_writable(Conn *c) {
 
 /* ---- the scenarios ------------------------------------------------------------------------ */
 
-static Conn *sender;
 static long sent, total;
+
+/* Many in flight: while at least half the window is on the wire the server has work, so the
+ * sender's next frames wait to go out together (at FLUSH_AT bytes, or once the wire runs low):
+ * a server that writes every frame on its own still costs the generator one read per frame, and
+ * no longer a send as well. Lock-step and fixed-rate frames go out at once. */
+static int holds_back(Conn *c) {
+    if (c != sender || !is_fanout || cfg.window < 4) return 0;
+    long on_wire = (sent - unflushed) * cfg.receivers - delivered;
+    return on_wire >= (long)cfg.window * cfg.receivers / 2;
+}
 static double started;
 static int finished;
 static int pending_upgrades;
@@ -379,10 +400,12 @@ static void send_payload(void) {
             payload_at(p, 0);
             fixed_len = build_frame(fixed, 1, p, PAYLOAD);
         }
-        put(sender, fixed, fixed_len);
+        unflushed++;
         sent++;
+        put(sender, fixed, fixed_len);
         return;
     }
+    unflushed++;  /* before put: a put that reaches FLUSH_AT writes it, and counts it written */
     if (is_wiki) {
         send_text(sender, "{\"type\":\"lobby_prompts_update\"}");
     } else if (is_clicker) {

@@ -28,6 +28,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from relayd._internals import lean_after_open
 from relayd.config.model import Rate
 from relayd.errors import ProtocolError
 from relayd.session import IConnection, Runner
@@ -82,6 +83,11 @@ class RelaydProtocol(WebSocketServerProtocol):
     rate_limited = False
     heard = True  # anything read since keepalive last looked
     keepalive_slot = None
+    # outbound flow control (see the module docstring): the queue exists only while frames wait
+    _queue: deque | None = None
+    _queued_bytes = 0
+    _blocked = False
+    _blocked_timer = None
 
     # ---- Autobahn entry points -------------------------------------------------------------
 
@@ -155,10 +161,6 @@ class RelaydProtocol(WebSocketServerProtocol):
         self._metrics = factory.metrics
         self._clock = factory.reactor
         self._budget = Budget(factory.limits.rate(), self._clock.seconds())
-        self._queue: deque[Frame] = deque()
-        self._queued_bytes = 0
-        self._blocked = False
-        self._blocked_timer = None
         try:
             self.transport.unregisterProducer()
         except RuntimeError:
@@ -189,6 +191,7 @@ class RelaydProtocol(WebSocketServerProtocol):
                 self.slot.websocket = self
             if self.factory.keepalive is not None:
                 self.factory.keepalive.watch(self)
+            lean_after_open(self)
             self.session = self.make_session()
             self.runner = Runner(self, self.session, name=self.factory.app_name)
             self.runner.opened()
@@ -233,7 +236,7 @@ class RelaydProtocol(WebSocketServerProtocol):
             if call is not None:
                 call.cancel()
                 setattr(self, name, None)
-        self._queue.clear()
+        self._queue = None
         self._latest = None
         self._queued_bytes = 0
         if self.factory.keepalive is not None:
@@ -326,6 +329,8 @@ class RelaydProtocol(WebSocketServerProtocol):
                 if self._latest is None:
                     self._latest = {}
                 frame = self._latest[latest] = _Latest(frame, latest)
+            if self._queue is None:
+                self._queue = deque()
             self._queue.append(frame)
             self._queued_bytes += len(frame)
             if self._queued_bytes > self.factory.limits.max_send_backlog:
@@ -399,7 +404,7 @@ class RelaydProtocol(WebSocketServerProtocol):
 
     def stopProducing(self):
         self._cancel_blocked_timer()
-        self._queue.clear()
+        self._queue = None
         self._latest = None
         self._queued_bytes = 0
 
@@ -417,7 +422,7 @@ class RelaydProtocol(WebSocketServerProtocol):
             "{app}: disconnecting slow consumer {peer} ({why}, {queued} bytes queued)",
             app=self.factory.app_name, peer=self.peer, why=why, queued=self._queued_bytes,
         )
-        self._queue.clear()
+        self._queue = None
         self._latest = None
         self._queued_bytes = 0
         self.close(closecodes.SLOW_CONSUMER, "slow consumer: send backlog exceeded")
