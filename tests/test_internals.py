@@ -209,17 +209,36 @@ class LeanConnectionInternalsTests(TestCase):
 
 
 class ConnectionSetupInternalsTests(TestCase):
-    def test_debug_formatting_is_lazy(self):
-        """Autobahn's protocol module formats with a module-level pformat, which relayd makes lazy but exact."""
+    def test_debug_formatting_only_when_debugging(self):
+        """
+        Autobahn formats debug arguments with module-level pformat, hltype and hlval, and txaio drops
+        its debug lines unless its global level is debug: relayd's formatters give Autobahn's exact text
+        when debugging and format nothing otherwise.
+        """
+        import autobahn.twisted.websocket as t
+        import autobahn.util as util
         import autobahn.websocket.protocol as p
+        import txaio
+        import txaio.tx
 
-        from relayd._internals import quiet_debug_formatting
+        from relayd._internals import debugging, quiet_debug_formatting
 
         self.assertIn("pformat(configAttrLog)", inspect.getsource(p.WebSocketProtocol._connectionMade))
+        self.assertIn("func=hltype(self.dataReceived)", inspect.getsource(t.WebSocketAdapterProtocol.dataReceived))
+        self.assertIn("func=hltype(self._connectionMade)", inspect.getsource(p.WebSocketServerProtocol._connectionMade))
         quiet_debug_formatting()
-        lazy = p.pformat([("a", 1)])
-        self.assertEqual(f"{lazy}", "[('a', 1)]")
-        self.assertEqual(str(lazy), "[('a', 1)]")
+        level = txaio.tx._log_level
+        self.addCleanup(txaio.set_global_log_level, level)
+        txaio.set_global_log_level("info")
+        self.assertFalse(debugging())
+        self.assertIs(t.WebSocketServerProtocol.log.debug, txaio.tx._no_op)  # what makes skipping safe
+        self.assertEqual((p.pformat([("a", 1)]), t.hltype(TestCase.run), p.hlval(42)), ("", "", ""))
+        txaio.set_global_log_level("debug")
+        self.assertTrue(debugging())
+        self.assertEqual(p.pformat([("a", 1)]), "[('a', 1)]")
+        for module in (t, p):
+            self.assertEqual(module.hltype(TestCase.run), util.hltype(TestCase.run))
+            self.assertEqual(module.hlval(42), util.hlval(42))
 
     def test_options_are_class_attributes(self):
         """Autobahn copies an option onto a connection only where the connection lacks it; relayd's have all of them."""
