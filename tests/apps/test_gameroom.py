@@ -361,6 +361,33 @@ class RestartTests(TestCase):
         play(h2, back, until=lambda: all(s.player.executed >= target for s in back))
         self.assertEqual(back[0].player.hashes[target], back[1].player.hashes[target])
 
+    def test_logs_stored_in_either_chunk_size_restore_whole(self):
+        """A room whose record names no chunk size (stored in chunks of 256) restores its whole log, as does one in today's chunks."""
+        from relayd.apps.gameroom.core import LOG_CHUNK, STORED_LOG_CHUNK
+        from relayd.apps.gameroom.roomstore import LOG, META, LocalRoomStore
+
+        store = MemoryStore()
+        h = harness(store=store)
+        room_id, seats = new_game(h)
+        play(h, seats, until=lambda: seats[0].player.executed >= 3 * LOG_CHUNK + 5, rounds=20000)
+        h.service.stopService()
+        h.flush()
+        room = h.app("gameroom").core.rooms[room_id]
+        log = [p.decode() for p in room.log]
+        self.assertGreater(len(log), 3 * LOG_CHUNK)
+        stored = [key for (ns, key) in store.data if ns == LOG and key.startswith(room_id)]
+        self.assertEqual(len(stored), (len(log) + LOG_CHUNK - 1) // LOG_CHUNK)
+        # the same room as it was stored before chunks had a size in the record
+        old = MemoryStore()
+        meta = dict(store.data[(META, room_id)] and json.loads(store.data[(META, room_id)]))
+        del meta["log_chunk"]
+        chunks = {i: log[i * STORED_LOG_CHUNK:(i + 1) * STORED_LOG_CHUNK] for i in range((len(log) + 255) // 256)}
+        LocalRoomStore(old).save([(meta, chunks)], set())
+        for stored_in in (store, old):
+            loaded = harness(store=stored_in).app("gameroom").core.rooms[room_id]
+            self.assertEqual([p.decode() for p in loaded.log], log[:loaded.turn])
+            self.assertEqual(loaded.turn, room.turn)
+
 
 class SchedulerTests(TestCase):
     def test_tick_errors_do_not_stop_the_scheduler(self):
@@ -444,6 +471,29 @@ class DeadlineQueueTests(TestCase):
         # ticks every 10 ms: a held turn waits at most one tick past its gate
         self.assertTrue(all(0 <= d <= 0.0101 for d in delays), delays)
         self.assertEqual(app.core.rooms[room_id].turn, len(delays))
+
+    def test_rooms_are_written_a_slice_at_a_time_and_all_within_the_interval(self):
+        """Forty changed rooms are written an eighth at a time, every one within persist_interval."""
+        from relayd.apps.gameroom.roomstore import META
+
+        store = MemoryStore()
+        h = harness(store=store)
+        games = self._started(h, 40)
+        ids = {room_id for room_id, _ in games}
+        store.data.clear()
+        app = h.app("gameroom")
+        app.core.dirty.update(ids)
+        interval = app.options["persist_interval"]
+
+        def written():
+            return {key for (ns, key) in store.data if ns == META} & ids
+
+        h.advance(interval / 8)
+        first = written()
+        self.assertTrue(0 < len(first) < 20, len(first))
+        for _ in range(7):
+            h.advance(interval / 8)
+        self.assertEqual(written(), ids)
 
     def test_rooms_started_together_do_not_close_together(self):
         """Rooms started in the same instant get rate grids spread over a turn, not one shared grid."""

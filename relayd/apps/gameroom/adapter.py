@@ -26,6 +26,8 @@ WebSocket, text frames of JSON objects with a "type":
 
 from __future__ import annotations
 
+import zlib
+
 from urllib.parse import parse_qs, urlsplit
 
 from autobahn.websocket.types import ConnectionDeny
@@ -37,7 +39,7 @@ from twisted.web.static import Data
 
 from relayd import jsonutil
 from relayd.apps.base import App
-from relayd.apps.gameroom.core import LOG_CHUNK, GameRoom, Settings
+from relayd.apps.gameroom.core import GameRoom, Settings
 from relayd.apps.gameroom.roomstore import LocalRoomStore
 from relayd.apps.gameroom.scheduler import TickScheduler
 from relayd.apps.gameroom.session import GameRoomSession
@@ -49,6 +51,7 @@ from relayd.web.proxy import client_of, public_base
 from relayd.ws.protocol import RelaydProtocol
 
 _log = Logger()
+PERSIST_SLICES = 8  # the persistence job's parts per persist_interval
 
 
 class GameRoomProtocol(RelaydProtocol):
@@ -216,7 +219,11 @@ class GameRoomApp(App):
             lateness=self.metrics.parent.tick_lateness.labels(ctx.name).observe,
         )
         self.every("housekeeping", 1.0, lambda: self.core.housekeeping(self.reactor.seconds()))
-        self.every("persistence", self.options["persist_interval"], self._flush)
+        # every room is written within persist_interval of a change, an eighth of the rooms at a time:
+        # the work of writing hundreds of running rooms comes in eight small bursts, not one that
+        # holds every room's next turn back
+        self._persist_slice = 0
+        self.every("persistence", self.options["persist_interval"] / PERSIST_SLICES, self._flush_slice)
         self._flushing: defer.Deferred | None = None
         self._stopping = False
 
@@ -243,23 +250,34 @@ class GameRoomApp(App):
             self.placement.startService()
         self.ensure_ticking()
 
-    def _flush(self):
-        """Write every changed room's state and new log chunks together."""
+    def _flush_slice(self):
+        """The changed rooms of the next eighth; the same eighth again while a write is going."""
+        if self._flushing is not None:
+            return None
+        part = self._persist_slice
+        self._persist_slice = (part + 1) % PERSIST_SLICES
+        return self._flush(lambda room_id: zlib.crc32(room_id.encode()) % PERSIST_SLICES == part)
+
+    def _flush(self, chosen=None):
+        """Write the changed rooms' state and new log chunks together (those `chosen` says, or all)."""
         if self._flushing is not None:
             return None  # the previous write is still going; its rooms stay dirty
         core = self.core
         rooms = []
         for room_id in list(core.dirty):
+            if chosen is not None and not chosen(room_id):
+                continue
+            core.dirty.discard(room_id)
             room = core.rooms.get(room_id)
             if room is None:
                 continue
+            size = room.log_chunk
             chunks = {
-                index: [p.decode() for p in room.log[index * LOG_CHUNK:(index + 1) * LOG_CHUNK]]
-                for index in range(room.persisted // LOG_CHUNK, (len(room.log) - 1) // LOG_CHUNK + 1)
+                index: [p.decode() for p in room.log[index * size:(index + 1) * size]]
+                for index in range(room.persisted // size, (len(room.log) - 1) // size + 1)
             }
             rooms.append((room.meta(), chunks))
             room.persisted = len(room.log)
-        core.dirty.clear()
         deleted, core.deleted = core.deleted, set()
         if not rooms and not deleted:
             return None

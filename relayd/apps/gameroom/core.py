@@ -33,7 +33,11 @@ from relayd.bus import IBus
 from relayd.errors import ProtocolError
 from relayd.ws.frames import Frame
 
-LOG_CHUNK = 256
+# A room's log is stored in chunks of packets, and every write of a running room rewrites its last
+# chunk in full: small chunks keep that write small. Rooms stored before chunks had a size in their
+# record used 256 (STORED_LOG_CHUNK); a room keeps the size it was stored with.
+LOG_CHUNK = 32
+STORED_LOG_CHUNK = 256
 
 
 def room_channel(room_id: str) -> str:
@@ -129,6 +133,7 @@ class Room:
     persisted: int = 0
     last_close: float = float("-inf")
     log_bytes: int = 0
+    log_chunk: int = LOG_CHUNK  # packets per stored chunk of the log
     due: float | None = None  # the room's deadline in the queue (GameRoom._reschedule)
     complete_at: float | None = None  # when the open turn's last packet arrived
 
@@ -172,6 +177,7 @@ class Room:
             "turn": self.turn, "turn_ms": self.turn_ms, "iterations": self.iterations,
             "pending_timing": self.pending_timing, "hashes": {str(k): v for k, v in self.hashes.items()},
             "events": self.events, "started": self.started, "ended": self.ended, "log_length": len(self.log),
+            "log_chunk": self.log_chunk,
         }
 
 
@@ -718,7 +724,7 @@ class GameRoom:
                     turn_ms=meta["turn_ms"], iterations=meta["iterations"], pending_timing=meta["pending_timing"],
                     hashes={int(k): v for k, v in meta["hashes"].items()}, events=meta["events"],
                     started=meta["started"], ended=meta["ended"], log=[p.encode() for p in log[:meta["turn"]]],
-                    persisted=meta["turn"])
+                    persisted=meta["turn"], log_chunk=meta.get("log_chunk", STORED_LOG_CHUNK))
         room.log_bytes = sum(len(p) for p in room.log)
         room.players = [Player(**p) for p in meta["players"]]
         return room

@@ -1,6 +1,7 @@
 """
 Where gameroom keeps its rooms between writes: each room's meta (everything but the log) and its log
-of master packets in chunks of LOG_CHUNK, written together so a room is restored as it was written.
+of master packets in chunks (of the size its meta names: `log_chunk`, 256 where a meta stored before
+that does not), written together so a room is restored as it was written.
 
 LocalRoomStore is the daemon's durable store (one node). RedisRoomStore is shared by every node
 (`<prefix>:gameroom:meta`, one hash, and `<prefix>:gameroom:log:<room>`, a hash of chunks per room),
@@ -14,7 +15,7 @@ import json
 from twisted.internet import defer
 from zope.interface import Interface, implementer
 
-from relayd.apps.gameroom.core import LOG_CHUNK
+from relayd.apps.gameroom.core import STORED_LOG_CHUNK
 
 META = "gameroom.room"
 LOG = "gameroom.log"
@@ -84,7 +85,8 @@ def _chunk_key(room_id: str, index: int) -> str:
 
 def _chunk_keys(room_id: str, meta: dict | None) -> list[str]:
     length = (meta or {}).get("log_length", 0)
-    return [_chunk_key(room_id, index) for index in range((length + LOG_CHUNK - 1) // LOG_CHUNK)]
+    size = (meta or {}).get("log_chunk", STORED_LOG_CHUNK)
+    return [_chunk_key(room_id, index) for index in range((length + size - 1) // size)]
 
 
 @implementer(IRoomStore)
