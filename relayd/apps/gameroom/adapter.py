@@ -46,6 +46,7 @@ from relayd.apps.gameroom.session import GameRoomSession
 from relayd.errors import ProtocolError
 from relayd.quota import AddressQuota
 from relayd.web.endpoint import JSONEndpoint
+from relayd.ws._writes import BATCH
 from relayd.web.gameroom import client_script, client_types
 from relayd.web.proxy import client_of, public_base
 from relayd.ws.protocol import RelaydProtocol
@@ -228,7 +229,10 @@ class GameRoomApp(App):
         self._stopping = False
 
     def _tick(self, now: float) -> None:
-        self.core.tick(now)
+        # the master packets of every turn this tick closes, written together when it ends: each
+        # room's packet to all its players in one send_many call (relayd.ws._writes)
+        with BATCH:
+            self.core.tick(now)
         if not self.core.running:
             # no game running: no reason to wake the reactor every tick_interval
             self.scheduler.stop()

@@ -459,13 +459,17 @@ class GameRoom:
         """
         seen = room.hashes.setdefault(hash_turn, {})
         seen[player.pid] = value
-        active = [p.pid for p in room.players if not p.dropped]
-        if any(pid not in seen for pid in active):
-            return False
-        counts = Counter(seen[pid] for pid in active)
-        if len(counts) == 1:
+        reported = []
+        for p in room.players:
+            if not p.dropped:
+                if p.pid not in seen:
+                    return False
+                reported.append(seen[p.pid])
+        if not reported or reported.count(reported[0]) == len(reported):
             del room.hashes[hash_turn]  # every player agreed: nothing left to compare
             return False
+        active = [p.pid for p in room.players if not p.dropped]
+        counts = Counter(seen[pid] for pid in active)
         most = max(counts.values())
         reference_pid = next(pid for pid in active if counts[seen[pid]] == most)
         reference = seen[reference_pid]
