@@ -16,6 +16,7 @@ import relayd
 from relayd import config as relayd_config
 from relayd.config import ConfigError
 from relayd.config.model import Config
+from relayd.gcpolicy import FreezeStartup
 
 
 class Options(usage.Options):
@@ -83,6 +84,10 @@ def makeService(options, reactor=None):
     loaded = options.loaded if hasattr(options, "loaded") else relayd_config.load(options["config"])
     service = RelaydService(loaded, reactor=reactor, handle_signals=reactor is None)
     if reactor is None:
+        from twisted.internet import reactor as running
+
+        # the daemon's start-up objects are out of the collector's reach once it runs (relayd.gcpolicy)
+        FreezeStartup(running).setServiceParent(service)
         # under twistd: bind now, so that a port in use ends start-up with its one line before twistd
         # writes its pid file (twistd's own privileged start, later, finds the ports bound)
         service.privilegedStartService()
