@@ -32,4 +32,4 @@ class FreezeStartupTests(TestCase):
         self.assertGreater(gc.get_freeze_count(), 1000)
         self.assertGreaterEqual(service.frozen, gc.get_freeze_count())  # frozen objects may still be freed by refcount
         _Cycle()  # unreachable once made: a cycle only the collector frees
-        self.assertGreaterEqual(gc.collect(), 2)
+        self.assertGreaterEqual(gc.collect(), 1)
