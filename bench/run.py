@@ -455,20 +455,21 @@ def markdown(results: list[dict], servers: list[str]) -> str:
 
     if family("fan-out"):
         head = ["scenario", *[f"{s} deliveries/s" for s in servers], *[f"relayd / {p}" for p in peers],
-                *[f"{s} CPU" for s in servers], "generator CPU (max)"]
+                *[f"{s} CPU" for s in servers], *[f"generator CPU ({s})" for s in servers]]
         rows = []
         for sc in family("fan-out"):
             rates = {s: get(sc, s, "deliveries_per_s") for s in servers}
             rows.append([sc, *[f"{rates[s]:,.0f}" if rates[s] else "-" for s in servers],
                          *[_ratio(rates.get("relayd"), rates[p]) for p in peers],
-                         *[_pct(get(sc, s, "server_cpu_share")) for s in servers], _generator(gen_max(sc))])
+                         *[_pct(get(sc, s, "server_cpu_share")) for s in servers],
+                         *[_generator(get(sc, s, "generator_cpu_share")) for s in servers]])
         parts.append("## Fan-out\n\nDeliveries per second of 100-byte text frames, one game server to N phones, "
                      "with up to 64 frames in flight per phone (many) or one (lock-step). The rows marked "
                      "(wikispeedruns refresh) fan out a lobby's `refresh` to N pages; (clicker scores) a scoring "
                      "device's SCORE lines to N judges' screens, each score written durably by relayd before it "
-                     "is acknowledged and delivered (the peers keep nothing). A row whose generator used more "
-                     f"than {GENERATOR_LIMIT:.0%} of its core is marked not valid: the generator, not the server, "
-                     "may have set its pace.\n\n" + _table(head, rows))
+                     "is acknowledged and delivered (the peers keep nothing). A server's figure whose generator "
+                     f"used more than {GENERATOR_LIMIT:.0%} of its core is marked not valid: the generator, not "
+                     "the server, may have set its pace, and a ratio to it is not valid either.\n\n" + _table(head, rows))
     if family("latency"):
         head = ["scenario", *[f"{s} p50 / p99 ms" for s in servers], *[f"{s} CPU µs/delivery" for s in servers],
                 *[f"relayd / {p} p99" for p in peers], *[f"relayd / {p} CPU/delivery" for p in peers],

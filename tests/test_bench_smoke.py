@@ -63,3 +63,13 @@ class BenchSmokeTests(TestCase):
                 self.assertEqual(r["started_players"], r["players"])
                 self.assertGreater(r["turns_received"], 0)
                 self.assertEqual(r["game_errors"], 0)
+
+
+class ReaderBenchSmokeTests(TestCase):
+    def test_reader_bench_runs(self):
+        """bench/readers.py drives Autobahn's parser and relayd's readers over the same frames and reports each as a ratio."""
+        done = subprocess.run([sys.executable, os.path.join(TOP, "bench", "readers.py"), "--rounds", "1", "--frames", "640"],
+                              capture_output=True, text=True, timeout=120)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertIn("| autobahn | ", done.stdout)
+        self.assertIn("| python twin | ", done.stdout)

@@ -129,8 +129,8 @@ static void flush_out(Conn *c) {
 
 /* Connections with output gathered this loop turn: written when FLUSH_AT bytes are waiting (the
  * server gets work while the generator goes on) and otherwise once each when the turn's events are
- * handled (flush_dirty): a sender answering many deliveries makes a send per ten frames, not one each. */
-enum { FLUSH_AT = 1024 };
+ * handled (flush_dirty): a sender answering many deliveries makes a send per twenty frames, not one each. */
+enum { FLUSH_AT = 2048 };
 static Conn **dirty;
 static size_t dirty_len, dirty_cap;
 

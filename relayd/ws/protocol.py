@@ -114,6 +114,8 @@ class RelaydProtocol(WebSocketServerProtocol):
 
     def _frames(self, data: bytes) -> None:
         """Bytes of an open (or closing) WebSocket: the reader's events, handled as Autobahn would."""
+        if self.state == _CLOSED:
+            return  # read after relayd dropped the connection: nothing in them is acted on
         reader = self.reader
         if reader is None:
             reader = self.reader = FrameReader(self.maxFramePayloadSize, self.maxMessagePayloadSize)
