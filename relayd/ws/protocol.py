@@ -341,8 +341,9 @@ class RelaydProtocol(WebSocketServerProtocol):
         self._write(frame)
 
     def _write(self, frame: Frame) -> None:
-        # once per receiver of every frame relayd relays: BATCH.add inlined
-        wire = frame.wire
+        # once per receiver of every frame relayd relays: BATCH.add inlined, the wire bytes read without
+        # the property once they are built
+        wire = frame._wire or frame.wire
         batch = BATCH
         if batch.depth:
             wires = batch.pending.get(self)

@@ -127,7 +127,9 @@ class ClientSession:
 
     def deliver(self, message) -> None:
         """What the phone's channels carry: frames for it, or its server's leaving."""
-        if isinstance(message, ServerGone):
+        if type(message) is Frame:  # nearly always: every frame the server sends passes here
+            self.receiver(message)
+        elif isinstance(message, ServerGone):
             self.core._forget(self)
             self.kick()
         else:
