@@ -1,6 +1,7 @@
 """
 Which wire path this process runs: the compiled one (relayd/ws/_cwire.c, built by `pip install .`
-where a C compiler exists) or its pure-Python twin (relayd/ws/reader.py and the send loop below).
+where a C compiler exists: the frame reader and send_many for fan-out) or the pure-Python frame
+reader (relayd/ws/reader.py), with fan-out through Twisted's own writes.
 
 RELAYD_WIRE=python chooses the twin even where the compiled module is installed (the test suite
 runs once with each); relayd logs at start which one runs.
