@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol  # noqa: E402
 
 from relayd.ws import reader as python_reader  # noqa: E402
-from tests.wire_streams import _Transport, _UPGRADE, frame  # noqa: E402
+from tests.wire_streams import TolerantTransport, UPGRADE, frame  # noqa: E402
 
 try:
     from relayd.ws import _cwire
@@ -41,8 +41,8 @@ def autobahn_feeder():
     factory.protocol = _Quiet
     factory.setProtocolOptions(autoPingInterval=0, openHandshakeTimeout=0, closeHandshakeTimeout=0)
     protocol = factory.buildProtocol(None)
-    protocol.makeConnection(_Transport())
-    protocol.dataReceived(_UPGRADE)
+    protocol.makeConnection(TolerantTransport())
+    protocol.dataReceived(UPGRADE)
     return protocol._dataReceived
 
 

@@ -52,9 +52,7 @@ def _when_debugging(format_function):
     before when debugging; otherwise nothing is formatted.
     """
     def formatted(*args, **kwargs) -> str:
-        if _txaio_tx._log_level in _DEBUG_LEVELS:
-            return format_function(*args, **kwargs)
-        return ""
+        return format_function(*args, **kwargs) if debugging() else ""
     formatted.__wrapped__ = format_function
     return formatted
 
@@ -151,9 +149,10 @@ def lean_after_open(protocol) -> None:
     for name, value in protocol.__dict__.items():
         if name in _HANDSHAKE_LEFTOVERS or name in _PARSER_STATE or name in ("trafficStats", "send_queue"):
             continue
-        default = AUTOBAHN_DEFAULTS.get(name, kept)  # `kept` stands for "no default"
-        if default is not kept and type(value) is type(default) and value == default:
-            continue
+        if name in AUTOBAHN_DEFAULTS:
+            default = AUTOBAHN_DEFAULTS[name]
+            if type(value) is type(default) and value == default:
+                continue
         kept[name] = value
     protocol.__dict__ = kept
 

@@ -182,12 +182,12 @@ class _Recording(WebSocketServerProtocol):
         return super()._fail_connection(code, reason)
 
 
-class _Transport(StringTransport):
+class TolerantTransport(StringTransport):
     def unregisterProducer(self):
         self.producer = None  # Autobahn unregisters on every drop, registered or not
 
 
-_UPGRADE = (b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+UPGRADE = (b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
 
 
@@ -199,8 +199,8 @@ def autobahn_events(pieces: list[bytes], max_frame: int = MAX_FRAME, max_message
                                autoPingInterval=0, openHandshakeTimeout=0, closeHandshakeTimeout=0)
     protocol = factory.buildProtocol(None)
     protocol.events, protocol.done = [], False
-    protocol.makeConnection(_Transport())
-    protocol.dataReceived(_UPGRADE)
+    protocol.makeConnection(TolerantTransport())
+    protocol.dataReceived(UPGRADE)
     assert protocol.state == protocol.STATE_OPEN
     for piece in pieces:
         if protocol.done or protocol.state == protocol.STATE_CLOSED:

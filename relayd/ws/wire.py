@@ -24,12 +24,10 @@ def _choose():
     return "compiled", _cwire.FrameReader, _cwire.send_many, ""
 
 
-IMPLEMENTATION, FrameReader, _compiled_send_many, WHY = _choose()
-"""'compiled' or 'python'; the FrameReader class; why the twin runs, where it does."""
-
-# fan-out with one send_many call exists only compiled: a Python loop over the sockets costs what
-# Twisted's own write per receiver costs, which is what the twin uses (relayd/ws/_writes.py)
-send_many = _compiled_send_many
+# 'compiled' or 'python'; the FrameReader class; send_many, only compiled (a Python loop over the
+# sockets costs what Twisted's own write per receiver costs, which the twin uses instead); why the
+# twin runs, where it does
+IMPLEMENTATION, FrameReader, send_many, WHY = _choose()
 
 
 def describe() -> str:
