@@ -2,6 +2,8 @@
 
 import os
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import TestCase
 
 from relayd import config
@@ -262,6 +264,56 @@ class BudgetTests(TestCase):
         self.assertFalse(budget.take(0, 1))
         budget.use(Rate(100, 50, 0, 1))
         self.assertEqual(sum(budget.take(0, 1) for _ in range(60)), 45)
+
+
+    def test_whole_numbers_decide_as_the_float_bucket_does(self):
+        """
+        Refilled once per read and spent in whole numbers, the budget allows exactly the messages a
+        bucket of fractional tokens refilled at every message would, for any rates, sizes and timing.
+        """
+
+        class FloatBucket:  # the budget as it is defined: fractional tokens, refilled at every message
+            def __init__(self, rate):
+                self.rate, self.stamp = rate, 0.0
+                self.messages, self.bytes = float(rate.rate_burst), float(rate.byte_burst)
+
+            def take(self, now, size):
+                elapsed, self.stamp = now - self.stamp, now
+                if self.rate.rate_limit:
+                    self.messages = min(self.rate.rate_burst, self.messages + elapsed * self.rate.rate_limit)
+                if self.rate.byte_rate:
+                    self.bytes = min(self.rate.byte_burst, self.bytes + elapsed * self.rate.byte_rate)
+                if (self.rate.rate_limit and self.messages < 1) or (self.rate.byte_rate and self.bytes < size):
+                    return False
+                if self.rate.rate_limit:
+                    self.messages -= 1
+                if self.rate.byte_rate:
+                    self.bytes -= size
+                return True
+
+        reads = st.lists(st.tuples(st.floats(0, 2), st.lists(st.integers(0, 3000), max_size=12)), max_size=40)
+        rates = st.builds(Rate, st.sampled_from([0, 0.5, 3, 10, 33.3]), st.integers(1, 20),
+                          st.sampled_from([0, 100, 1000, 7777]), st.integers(1, 9000))
+
+        @settings(max_examples=400, derandomize=True, deadline=None)
+        @given(rates, reads)
+        def agree(rate, reads):
+            budget, reference, now = Budget(rate, now=0.0), FloatBucket(rate), 0.0
+            for gap, sizes in reads:
+                now += gap
+                budget.refill(now)
+                for size in sizes:
+                    self.assertEqual(budget.spend(size), reference.take(now, size), (rate, now, size))
+
+        agree()
+
+    def test_spending_nothing_when_refused(self):
+        """A message refused for its bytes spends no message either, so a smaller one still fits."""
+        budget = Budget(Rate(10, 2, 1000, 1000), now=0)
+        self.assertFalse(budget.spend(1500))
+        self.assertTrue(budget.spend(600))
+        self.assertTrue(budget.spend(400))
+        self.assertFalse(budget.spend(1))
 
 
 class DocumentationTests(TestCase):

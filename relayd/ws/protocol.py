@@ -120,6 +120,8 @@ class RelaydProtocol(WebSocketServerProtocol):
         if reader is None:
             reader = self.reader = FrameReader(self.maxFramePayloadSize, self.maxMessagePayloadSize)
         events = reader.feed(data)
+        # every message of this read arrived now: the rate budgets are refilled once for all of them
+        self._budget.refill(self._clock.seconds())
         for i in range(0, len(events), 2):
             if self.state == _CLOSED:
                 return
@@ -213,7 +215,7 @@ class RelaydProtocol(WebSocketServerProtocol):
             return
         metrics.messages_in += 1
         metrics.bytes_in += len(payload)
-        if not self._budget.take(self._clock.seconds(), len(payload)) and not self._promoted(len(payload)):
+        if not self._budget.spend(len(payload)) and not self._promoted(len(payload)):
             metrics.protocol_error("rate_limited")
             self.rate_limited = True  # logged once, with what followed, when the connection is gone
             self.close(closecodes.RATE_LIMITED, "rate limit exceeded")
