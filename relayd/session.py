@@ -63,6 +63,9 @@ class IConnection(Interface):
     def use_role(role: str) -> None:
         """The client now sends as this role (relayd.apps.base.AppSpec.roles)."""
 
+    def listen(bus, channel: str):
+        """Send the client every message later published on channel; returns the ISubscription."""
+
 
 class ISession(Interface):
     """One client's part in an app."""

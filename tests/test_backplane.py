@@ -213,3 +213,104 @@ class GroupOrderTests(TestCase):
         roster.pending.callback(("ann", Roster(4, ("bob", "ann"))))
         self.assertEqual([f.payload for f in got], [b'{"type":"update","users":["bob","ann"]}'])
         self.assertEqual(self.successResultOf(joined).name, "ann")
+
+
+class _Node:
+    """What Pipes needs of a cluster: this node's id."""
+
+    def __init__(self, node_id: str):
+        self.node_id = node_id
+
+
+class _Listening:
+    """A room's session on the owner: once its client joins, listens to the room's channels and greets it."""
+
+    unavailable = None
+
+    def __init__(self, bus, conn, channels):
+        self.bus, self.conn, self.channels = bus, conn, channels
+        self.subscriptions = []
+
+    def opened(self):
+        pass
+
+    def received(self, payload, is_binary):
+        self.subscriptions = [self.conn.listen(self.bus, channel) for channel in self.channels]
+        self.conn.send(Frame.text("welcome"))
+
+    def closed(self):
+        pass
+
+    def report(self, error):
+        pass
+
+
+class PipeFollowTests(TestCase):
+    """
+    One MemoryBus stands in for Redis: what either node publishes reaches every subscriber, in publish
+    order, as Redis delivers one publisher's messages to one subscriber connection.
+    """
+
+    def pipe(self, channels, follows):
+        from relayd.backplane.pipes import Pipes
+
+        self.bus = bus = MemoryBus()
+        self.published = []
+        publish = bus.publish
+        bus.publish = lambda channel, message: (self.published.append(channel), publish(channel, message))[1]
+        metrics = Metrics().for_app("testee")
+        self.sessions = []
+
+        def open_session(end, body):
+            session = _Listening(bus, end, channels)
+            self.sessions.append(session)
+            return session
+
+        Pipes(bus, _Node("a"), "t", metrics, open_session)
+        client = Pipes(bus, _Node("b"), "t", metrics, lambda end, body: None)
+        got = []
+
+        class Client:
+            client_address = "192.0.2.1"
+
+            def send(self, frame, latest=None):
+                got.append(frame.payload.decode())
+
+            def close(self, code, reason=""):
+                got.append(f"closed {code}")
+
+        pipe = client.connect(Client(), "a", "room", {}, follows=follows)
+        self.bus.publish("room@a", Frame.text("before the client joined"))
+        pipe.forward(b"join")
+        return pipe, got
+
+    def test_a_followed_channel_reaches_the_client_once_from_its_own_node(self):
+        """
+        A broadcast the client's node follows reaches the client once and never crosses the pipe;
+        only what the owner published after the room's session began to listen reaches it, after the
+        greeting the session sent then; when the session stops listening, nothing more arrives.
+        """
+        pipe, got = self.pipe(["room@a"], ["room@a"])
+        self.assertEqual(got, ["welcome"])
+        self.published.clear()
+        self.bus.publish("room@a", Frame.text("master 1"))
+        self.assertEqual(got, ["welcome", "master 1"])
+        self.assertEqual(self.published, ["room@a"], "the broadcast crossed the pipe as well")
+        self.sessions[0].subscriptions[0].cancel()
+        self.bus.publish("room@a", Frame.text("master 2"))
+        self.assertEqual(got, ["welcome", "master 1"])
+
+    def test_a_channel_the_node_does_not_follow_crosses_the_pipe(self):
+        """Listening to a channel the client's node does not follow forwards its messages through the pipe, once."""
+        pipe, got = self.pipe(["room@a", "player@a"], ["room@a"])
+        self.bus.publish("player@a", Frame.text("to one player"))
+        self.bus.publish("room@c", Frame.text("another node's room of that id"))
+        self.assertEqual(got, ["welcome", "to one player"])
+
+    def test_a_closed_pipe_stops_following(self):
+        """Once the client's pipe is closed, the channels it followed reach the client no more."""
+        pipe, got = self.pipe(["room@a"], ["room@a"])
+        pipe.closed()
+        self.bus.publish("room@a", Frame.text("master 1"))
+        self.assertEqual(got, ["welcome"])
+        self.assertEqual(self.bus.subscribers("room@a"), 0)

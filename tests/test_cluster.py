@@ -742,6 +742,37 @@ class GameroomAcrossNodes(ClusterTestCase):
             yield client.when_closed
 
     @defer.inlineCallbacks
+    def test_a_master_packet_crosses_redis_once_per_node(self):
+        """
+        Three players on node b of a room held by node a play in lock-step, and each turn's master
+        packet leaves node a once for node b, not once per player: node a publishes about one message
+        a turn (three without it).
+        """
+        from tests.gameroom_reference import ReferencePlayer
+
+        yield self.start_cluster(2)
+        a, b = self.nodes
+        room_id = yield self.create(a, players=3)
+        players = []
+        for i in range(3):
+            players.append((yield self.play(b, room_id, ReferencePlayer(name=f"p{i}"))))
+        yield self.until_turn(players, 10)
+        room = a.service.apps["gameroom"].core.rooms[room_id]
+
+        def published():
+            return a.service.metrics.registry.get_sample_value("relayd_bus_published_total")
+
+        first_turn, first_count = room.turn, published()
+        yield self.until_turn(players, first_turn + 30)
+        per_turn = (published() - first_count) / (room.turn - first_turn)
+        self.assertLess(per_turn, 1.5)
+        hashes = [p.player.hashes[first_turn + 30] for p in players]
+        self.assertEqual(len(set(hashes)), 1)
+        for p in players:
+            p.client.sendClose(1000)
+            yield p.client.when_closed
+
+    @defer.inlineCallbacks
     def test_room_of_a_dead_node_is_taken_over(self):
         """
         The room's node dies mid-game: its players elsewhere are told to reconnect (1012), rejoin with

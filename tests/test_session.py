@@ -53,6 +53,9 @@ class FakeConnection:
     def use_role(self, role):
         self.roles.append(role)
 
+    def listen(self, bus, channel):
+        return bus.subscribe(channel, self.send)
+
 
 @implementer(ISession)
 class Recorder:

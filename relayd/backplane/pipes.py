@@ -8,6 +8,15 @@ The owner keeps a RemoteEnd per pipe: an IConnection whose `send` and `close` go
 pipe, with the app's session for that client behind it under a Runner, as behind a WebSocket.
 Messages of one pipe travel in order (one publisher, one channel).
 
+A channel the room broadcasts to every client (gameroom's master packets) need not cross Redis once
+per piped client: the client's node names such channels when it opens the pipe (`follows`) and
+subscribes to them itself before the pipe opens. When the room's session listens to one of them for
+its client (IConnection.listen), the RemoteEnd sends a marker down the pipe (`s`, and `u` when it stops)
+instead of forwarding every message, and from the marker on the client's node hands that channel's
+messages to the client. The marker and the broadcasts leave the owner through one Redis connection
+and reach the client's node through one, so the client sees them in the order the owner published
+them: nothing before the marker, everything after it, in place among the pipe's own frames.
+
 When the owner dies its pipes see the room's lease move (`moved`: the client reconnects and resumes
 elsewhere); when a client's node dies, its RemoteEnds are dropped as if their connections closed.
 """
@@ -18,12 +27,14 @@ import itertools
 import json
 from typing import Callable
 
+from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from relayd import jsonutil
 from relayd.backplane import codec
 from relayd.errors import ProtocolError, unless_unavailable
+from relayd.bus import ISubscription
 from relayd.session import IConnection, Runner
 from relayd.ws import closecodes
 from relayd.ws.frames import Frame
@@ -35,7 +46,7 @@ MOVED = "the room moved to another node; reconnect"
 
 
 class PipeMessage:
-    """o(pen), f(rame), g(one) towards the room; c(lose) back to the client."""
+    """o(pen), f(rame), g(one) towards the room; c(lose), s(tart) and u(nfollow) a channel back to the client."""
 
     __slots__ = ("kind", "key", "body")
 
@@ -51,7 +62,7 @@ class PipeMessage:
     def from_bus(cls, data: bytes) -> "PipeMessage":
         kind, rest = data[:1].decode(), data[1:]
         key, sep, body = rest.partition(b"\n")
-        if kind not in "ofgc" or not sep:
+        if kind not in "ofgcsu" or not sep:
             raise ValueError("not a pipe message")
         return cls(kind, key.decode(), body)
 
@@ -62,7 +73,7 @@ codec.register(b"j", PipeMessage, PipeMessage.to_bus, PipeMessage.from_bus)
 class Pipe:
     """The client's side: its frames to the room's node; what that node sends back, to the client."""
 
-    def __init__(self, pipes: "Pipes", conn, owner: str, room: str, key: str):
+    def __init__(self, pipes: "Pipes", conn, owner: str, room: str, key: str, follows=()):
         self.pipes = pipes
         self.conn = conn
         self.owner = owner
@@ -72,10 +83,24 @@ class Pipe:
         self.ready = False
         self.gone = False
         self.pending: list[bytes] = []
-        self.subscription = pipes.bus.subscribe(self.reply, self._from_room)
+        bus = pipes.bus
+        self.subscription = bus.subscribe(self.reply, self._from_room)
+        # channels the room may have this node deliver; handed on only while the room says so
+        self.following: set[str] = set()
+        self.follows = [bus.subscribe(channel, self._followed(channel)) for channel in follows]
+
+    def _followed(self, channel: str):
+        following, send = self.following, self.conn.send
+
+        def deliver(message) -> None:
+            if channel in following:
+                send(message)
+
+        return deliver
 
     def open(self, body: dict) -> None:
-        payload = jsonutil.dumps({**body, "reply": self.reply})
+        follows = [subscription.channel for subscription in self.follows]
+        payload = jsonutil.dumps({**body, "reply": self.reply, "follows": follows})
 
         def subscribed(_):
             # only once Redis confirms the pipe's channel: the room's first answer must not be missed
@@ -87,7 +112,9 @@ class Pipe:
             for frame in pending:
                 self._to_room("f", frame)
 
-        self.pipes.bus.when_subscribed(self.reply).addCallback(subscribed)
+        bus = self.pipes.bus
+        waits = [bus.when_subscribed(channel) for channel in [self.reply] + follows]
+        defer.gatherResults(waits, consumeErrors=True).addCallback(subscribed)
 
     def forward(self, payload: bytes) -> None:
         if self.ready:
@@ -103,6 +130,10 @@ class Pipe:
             if message.kind == "c":
                 code, _, reason = message.body.decode().partition(" ")
                 self.conn.close(int(code), reason)
+            elif message.kind == "s":
+                self.following.add(message.body.decode())
+            elif message.kind == "u":
+                self.following.discard(message.body.decode())
         else:
             self.conn.send(message)
 
@@ -111,6 +142,8 @@ class Pipe:
             return
         self.gone = True
         self.subscription.cancel()
+        for subscription in self.follows:
+            subscription.cancel()
         self.pipes.pipes.pop(self.key, None)
         if self.ready:
             self._to_room("g", b"")
@@ -127,10 +160,11 @@ class RemoteEnd:
     Its frames go back through the pipe; the session behind it runs under a Runner like any other.
     """
 
-    def __init__(self, pipes: "Pipes", key: str, reply: str, client_address: str | None = None):
+    def __init__(self, pipes: "Pipes", key: str, reply: str, client_address: str | None = None, follows=()):
         self.pipes = pipes
         self.key = key
         self.reply = reply
+        self.follows = frozenset(follows)  # channels the client's node delivers itself once told to
         self.open = True
         self.peer = f"a client on node {key.rsplit(':', 1)[0]}"
         self.client_address = client_address
@@ -144,8 +178,12 @@ class RemoteEnd:
     def close(self, code: int, reason: str = "") -> None:
         if not self.open:
             return
-        self.pipes.bus.publish(self.reply, PipeMessage("c", self.key, f"{code} {reason}".encode()))
+        self.marker("c", f"{code} {reason}")
         self.gone()
+
+    def marker(self, kind: str, body: str) -> None:
+        if self.open:
+            self.pipes.bus.publish(self.reply, PipeMessage(kind, self.key, body.encode()))
 
     def drop(self) -> None:
         self.close(closecodes.NORMAL, "")
@@ -155,6 +193,11 @@ class RemoteEnd:
 
     def use_role(self, role: str) -> None:
         """Rates are the client's node's to apply: nothing to do here."""
+
+    def listen(self, bus, channel: str):
+        if channel not in self.follows:
+            return bus.subscribe(channel, self.send)
+        return _Following(self, channel)
 
     def count_error(self, error: ProtocolError) -> bool:
         self.pipes.metrics.protocol_error(error.kind)
@@ -176,6 +219,22 @@ class RemoteEnd:
                 self.runner.closed()
 
 
+@implementer(ISubscription)
+class _Following:
+    """A RemoteEnd's client hearing a channel from its own node: started and stopped by markers."""
+
+    def __init__(self, end: RemoteEnd, channel: str):
+        self.end = end
+        self.channel = channel
+        self.active = True
+        end.marker("s", channel)
+
+    def cancel(self) -> None:
+        if self.active:
+            self.active = False
+            self.end.marker("u", self.channel)
+
+
 class Pipes:
     """One app's pipes on this node, both ways."""
 
@@ -193,10 +252,13 @@ class Pipes:
     def node_channel(self, node_id: str) -> str:
         return f"{self.namespace}:node:{node_id}"
 
-    def connect(self, conn, owner: str, room: str, body: dict) -> Pipe:
-        """Pipe conn to room on node owner; body is what the owner's open_session gets (with `reply`)."""
+    def connect(self, conn, owner: str, room: str, body: dict, follows=()) -> Pipe:
+        """
+        Pipe conn to room on node owner; body is what the owner's open_session gets (with `reply`),
+        follows the channels this node may deliver to conn from Redis itself (see the module docstring).
+        """
         key = f"{self.cluster.node_id}:{next(self._numbers)}"
-        pipe = self.pipes[key] = Pipe(self, conn, owner, room, key)
+        pipe = self.pipes[key] = Pipe(self, conn, owner, room, key, follows)
         pipe.open({**body, "client_address": conn.client_address})
         return pipe
 
@@ -205,7 +267,8 @@ class Pipes:
             return
         if message.kind == "o":
             body = json.loads(message.body)
-            end = self.ends[message.key] = RemoteEnd(self, message.key, body["reply"], body.get("client_address"))
+            end = self.ends[message.key] = RemoteEnd(self, message.key, body["reply"], body.get("client_address"),
+                                                     body.get("follows", ()))
             try:
                 end.runner = Runner(end, self.open_session(end, body), name=self.namespace)
             except Exception:

@@ -454,6 +454,9 @@ class RelaydProtocol(WebSocketServerProtocol):
     def still_open(self) -> bool:
         return self.state == _OPEN
 
+    def listen(self, bus, channel: str):
+        return bus.subscribe(channel, self.send_frame)
+
     def drop(self) -> None:
         self.dropConnection(abort=False)
 

@@ -12,6 +12,7 @@ from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from relayd.apps.gameroom.core import room_channel
 from relayd.apps.gameroom.roomstore import RedisRoomStore
 from relayd.backplane.cluster import Cluster
 from relayd.backplane.leases import Leases
@@ -30,6 +31,7 @@ class Placement(MultiService):
         self.leases = Leases(cluster, "gameroom:room", clock=clock, lost=self._lost)
         self.leases.setServiceParent(self)
         self.store = RedisRoomStore(cluster)
+        app.core.node = cluster.node_id
         self.pipes = Pipes(app.bus, cluster, "gameroom", app.metrics, self._open_session)
         Periodic("gameroom pipe checks", cluster.node_timeout / 2, self.upkeep, clock=clock,
                  now=False).setServiceParent(self)
@@ -67,7 +69,9 @@ class Placement(MultiService):
         return None if stored is None else view(self.app.core.build(*stored))
 
     def pipe(self, conn, owner: str, room_id: str, mode: str):
-        return self.pipes.connect(conn, owner, room_id, {"room": room_id, "mode": mode})
+        # the room's broadcasts reach this node once, from Redis, for all of its clients in the room
+        return self.pipes.connect(conn, owner, room_id, {"room": room_id, "mode": mode},
+                                  follows=[room_channel(room_id, owner)])
 
     def _open_session(self, end: RemoteEnd, body: dict):
         # the room's session for a client on another node (a room gone from here tells it to reconnect)

@@ -40,8 +40,12 @@ LOG_CHUNK = 32
 STORED_LOG_CHUNK = 256
 
 
-def room_channel(room_id: str) -> str:
-    return "gameroom:room:" + room_id
+def room_channel(room_id: str, node: str = "") -> str:
+    """
+    What a room broadcasts on. In a cluster the name carries the node holding the room, so a node
+    whose clients follow the room through pipes hears only the owner those pipes were opened to.
+    """
+    return "gameroom:room:" + room_id + ("@" + node if node else "")
 
 
 def player_channel(room_id: str, pid: str) -> str:
@@ -197,6 +201,7 @@ class GameRoom:
     def __init__(self, bus: IBus, settings: Settings):
         self.bus = bus
         self.settings = settings
+        self.node = ""  # in a cluster, this node's id: room_channel names it
         self.rooms: dict[str, Room] = {}
         self.running: dict[str, Room] = {}
         self.dirty: set[str] = set()
@@ -265,8 +270,12 @@ class GameRoom:
         room.events.append({"at": round(now, 3), "event": kind, "turn": room.turn, **fields})
         self.dirty.add(room.id)
 
+    def channel(self, room: Room) -> str:
+        """The channel the room's broadcasts go to: every session of the room listens to it."""
+        return room_channel(room.id, self.node)
+
     def _broadcast(self, room: Room, frame: Frame) -> None:
-        self.bus.publish(room_channel(room.id), frame)
+        self.bus.publish(room_channel(room.id, self.node), frame)
 
     def _to_player(self, room: Room, pid: str, frame: Frame) -> None:
         self.bus.publish(player_channel(room.id, pid), frame)

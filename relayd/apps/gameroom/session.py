@@ -8,7 +8,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from relayd import jsonutil
-from relayd.apps.gameroom.core import Player, Room, player_channel, room_channel
+from relayd.apps.gameroom.core import Player, Room, player_channel
 from relayd.errors import ProtocolError
 from relayd.session import ISession, unavailable
 from relayd.ws import closecodes
@@ -78,13 +78,14 @@ class GameRoomSession:
         self.end_session()
 
     def _subscribe(self, *channels: str) -> None:
-        bus = self.app.bus
-        self.subscriptions = [bus.subscribe(c, self.send) for c in channels]
+        # through the connection: a piped client's node may take the room's broadcasts from Redis itself
+        bus, conn = self.app.bus, self.conn
+        self.subscriptions = [conn.listen(bus, c) for c in channels]
 
     def _spectate(self) -> None:
         room = self.room
         self.spectator = True
-        self._subscribe(room_channel(room.id))
+        self._subscribe(self.app.core.channel(room))
         self.send(Frame.json(self.app.core.welcome(room, None, None)))
         for master in room.log:
             self.send(Frame(master))
@@ -150,7 +151,7 @@ class GameRoomSession:
         room = self.room
         self.player = player
         app.live[(room.id, player.pid)] = self
-        self._subscribe(room_channel(room.id), player_channel(room.id, player.pid))
+        self._subscribe(app.core.channel(room), player_channel(room.id, player.pid))
         self.send(Frame.json(app.core.welcome(room, player, token)))
 
     def end_session(self) -> None:
