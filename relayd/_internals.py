@@ -219,3 +219,86 @@ def split_writable(protocols, closed_state: int) -> tuple[list, list, list]:
         else:
             others.append(protocol)
     return direct, fds, others
+
+
+# ---- Autobahn: a server connection made lean, and opened on a request twisted.web parsed ----------
+from urllib.parse import parse_qs as _parse_qs, urlparse as _urlparse  # noqa: E402
+
+from autobahn.twisted.util import peer2str as _peer2str  # noqa: E402
+from autobahn.websocket.types import ConnectionDeny as _ConnectionDeny  # noqa: E402
+from autobahn.websocket.types import ConnectionRequest as _ConnectionRequest  # noqa: E402
+from twisted.internet.defer import Deferred as _Deferred  # noqa: E402
+from twisted.logger import Logger as _Logger  # noqa: E402
+
+_log = _Logger()
+
+# what Autobahn's connectionMade sets that relayd's connections never read: its transport details
+# (process and thread ids, TLS channel id and peer certificate, made on every connection), its
+# UTF-8 validator (relayd's frame reader validates), and what protocol_with_options puts on the class
+NOT_MADE = ("_transport_details", "utf8validator", "trafficStats", "send_queue")
+
+
+def lean_connection_made(protocol) -> None:
+    """
+    Autobahn's connectionMade for a server connection of a class made by protocol_with_options:
+    only what differs from the class is set (AUTOBAHN_DEFAULTS and the options are class attributes),
+    and nothing of NOT_MADE. tests/test_internals.py compares it with Autobahn's own, attribute by
+    attribute.
+    """
+    transport = protocol.transport
+    protocol.peer = _peer2str(transport)
+    try:
+        transport.setTcpNoDelay(protocol.tcpNoDelay)
+    except Exception:  # not a TCP transport (a UNIX socket, an in-memory one): Autobahn ignores it too
+        pass
+    protocol.state = _ab_protocol.WebSocketProtocol.STATE_CONNECTING
+    protocol.data = b""
+    if protocol.openHandshakeTimeout > 0:
+        protocol.openHandshakeTimeoutCall = protocol.factory._batched_timer.call_later(
+            protocol.openHandshakeTimeout, protocol.onOpenHandshakeTimeout)
+    protocol.factory.countConnections += 1
+
+
+def open_upgraded(protocol, *, uri: str, headers: dict, version: int, key: str, protocols: list,
+                  extensions: str | None, data: bytes) -> None:
+    """
+    Open a WebSocket on an upgrade request relayd has checked already (relayd.web.upgrade): set what
+    Autobahn's processHandshake would have parsed, call onConnect, and let Autobahn's
+    succeedHandshake write the 101 and open the connection (failHandshake refuses it). The request
+    is not written out and parsed a second time, and a synchronous onConnect runs without Deferreds.
+    `headers` are lower-case names to values as Autobahn gives them (repeats joined by ", ").
+    """
+    _scheme, _netloc, path, _params, query, _fragment = _urlparse(uri)
+    host = headers.get("host", "").strip()
+    if ":" in host and not host.endswith("]"):
+        host = host.rsplit(":", 1)[0]
+    protocol.http_request_uri = uri
+    protocol.http_headers = headers
+    protocol.http_request_host = host
+    protocol.http_request_path = path
+    protocol.http_request_params = _parse_qs(query)
+    protocol.websocket_version = version
+    protocol.websocket_origin = ""
+    protocol.websocket_protocols = protocols
+    protocol.websocket_extensions = protocol._parseExtensionsHeader(extensions) if extensions else []
+    protocol._wskey = key
+    protocol.data = data
+    request = _ConnectionRequest(protocol.peer, headers, host, path, protocol.http_request_params, version, "",
+                                 protocols, protocol.websocket_extensions)
+    try:
+        accepted = protocol.onConnect(request)
+    except _ConnectionDeny as e:
+        protocol.failHandshake(e.reason, e.code)
+        return
+    if isinstance(accepted, _Deferred):
+        accepted.addCallbacks(protocol.succeedHandshake, _refused, errbackArgs=(protocol,))
+    else:
+        protocol.succeedHandshake(accepted)
+
+
+def _refused(failure, protocol) -> None:
+    if isinstance(failure.value, _ConnectionDeny):
+        protocol.failHandshake(failure.value.reason, failure.value.code)
+    else:  # RelaydProtocol.onConnect turns every error into ConnectionDeny; anything else is a bug
+        _log.failure("opening a WebSocket failed", failure=failure)
+        protocol.failHandshake("internal error", _ConnectionDeny.INTERNAL_SERVER_ERROR)

@@ -297,3 +297,140 @@ class TwistedHAProxyInternalsTests(TestCase):
         self.assertIn("len(data) >= 16", source)
         self.assertIn("def getPeer(self)", source)
 
+
+
+class UpgradeParsedOnceTests(TestCase):
+    """
+    relayd opens connections with lean_connection_made and open_upgraded instead of Autobahn's
+    connectionMade and processHandshake: each is compared here with Autobahn's own, on the same input.
+    """
+
+    HEADERS = [(b"Host", b"relay.example:8080"), (b"Upgrade", b"websocket"), (b"Connection", b"keep-alive, Upgrade"),
+               (b"Sec-WebSocket-Key", b"dGhlIHNhbXBsZSBub25jZQ=="), (b"Sec-WebSocket-Version", b"13"),
+               (b"Sec-WebSocket-Protocol", b"chat, superchat"), (b"X-Custom", b"one"), (b"X-Custom", b"two"),
+               (b"Sec-WebSocket-Extensions", b"permessage-deflate; client_max_window_bits")]
+
+    def setUp(self):
+        from tests.support import Harness, make_config
+
+        self.harness = Harness(make_config("[app:testee]\nlisteners = main\npath = /echo\n")).start()
+        self.harness.ws("/echo")
+        self.factory = self.harness.service.listeners["main"].tracker.websockets()[-1].factory
+
+    def connection(self, made_by=None):
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.testing import StringTransport
+
+        protocol = self.factory.buildProtocol(IPv4Address("TCP", "192.0.2.7", 4567))
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.7", 4567))
+        if made_by is None:
+            protocol.makeConnection(transport)
+        else:
+            protocol.transport = transport
+            made_by(protocol)
+        return protocol, transport
+
+    def request(self, headers, method=b"GET", uri=b"/echo?x=1&x=2&y=", version=b"HTTP/1.1"):
+        """The same request as twisted.web parses it, and as bytes for Autobahn."""
+        from twisted.internet.testing import StringTransport
+
+        channel = http.HTTPChannel()
+        channel.transport = StringTransport()
+        request = http.Request(channel)
+        request.method, request.uri, request.clientproto = method, uri, version
+        for name, value in headers:
+            request.requestHeaders.addRawHeader(name, value)
+        raw = b"".join([method + b" " + uri + b" " + version + b"\r\n"]
+                       + [name + b": " + value + b"\r\n" for name, value in headers] + [b"\r\n"])
+        return request, raw
+
+    def test_lean_connection_made_is_autobahns_without_what_relayd_never_reads(self):
+        """Every attribute Autobahn's connectionMade sets is set alike or held alike by the class, but NOT_MADE."""
+        from autobahn.twisted.websocket import WebSocketServerProtocol as Adapter
+
+        from relayd._internals import NOT_MADE, lean_connection_made
+
+        def made(by):
+            protocol, _ = self.connection(lambda protocol: setattr(protocol, "before", dict(vars(protocol))))
+            before = protocol.__dict__.pop("before")
+            by(protocol)
+            return protocol, {name: value for name, value in vars(protocol).items()
+                              if name not in before or before[name] is not value}
+
+        count = self.factory.countConnections
+        autobahns, autobahn_set = made(Adapter.connectionMade)
+        lean, lean_set = made(lean_connection_made)
+        self.assertEqual(self.factory.countConnections, count + 2)
+        self.assertIn("state", autobahn_set)
+        for name, value in autobahn_set.items():
+            if name in NOT_MADE:
+                self.assertNotIn(name, lean_set)
+            elif name == "openHandshakeTimeoutCall":
+                self.assertEqual(type(getattr(lean, name)), type(value))
+            else:
+                self.assertEqual(getattr(lean, name), value, name)
+        self.assertLessEqual(set(lean_set), set(autobahn_set))
+        for call in (autobahns.openHandshakeTimeoutCall, lean.openHandshakeTimeoutCall):
+            call.cancel()
+
+    def test_open_upgraded_opens_as_processHandshake_does(self):
+        """
+        On twisted.web's parse of a request, the connection gets the same ConnectionRequest in
+        onConnect and writes the same 101 as when Autobahn parses the request's bytes itself.
+        """
+        from relayd._internals import open_upgraded
+        from relayd.web.upgrade import checked_upgrade
+
+        request, raw = self.request(self.HEADERS)
+        seen = []
+        autobahns, autobahn_wire = self.connection()
+        autobahns.connecting = seen.append
+        autobahns.dataReceived(raw)
+        lean, lean_wire = self.connection()
+        lean.connecting = seen.append
+        open_upgraded(lean, data=b"", **checked_upgrade(request, self.factory.versions))
+        fields = ("peer", "headers", "host", "path", "params", "version", "origin", "protocols", "extensions")
+        self.assertEqual([getattr(seen[1], f) for f in fields], [getattr(seen[0], f) for f in fields])
+        self.assertEqual(seen[1].headers["x-custom"], "one, two")
+        self.assertTrue(autobahn_wire.value().startswith(b"HTTP/1.1 101 "))
+        self.assertEqual(lean_wire.value(), autobahn_wire.value())
+        self.assertEqual((lean.state, lean.websocket_open), (autobahns.state, True))
+
+    def test_bad_handshakes_are_answered_as_autobahn_answers_them(self):
+        """Each request RFC 6455 refuses is refused by relayd's check with the status Autobahn's parser gives it."""
+        from relayd.web.upgrade import Refused, checked_upgrade
+
+        good = [h for h in self.HEADERS if h[0] != b"Sec-WebSocket-Extensions"]
+
+        def without(name):
+            return [h for h in good if h[0] != name]
+
+        def replaced(name, value):
+            return without(name) + [(name, value)]
+
+        cases = {
+            "no key": (without(b"Sec-WebSocket-Key"), {}),
+            "short key": (replaced(b"Sec-WebSocket-Key", b"c2hvcnQ="), {}),
+            "key not base64": (replaced(b"Sec-WebSocket-Key", b"dGhlIHNhbXBsZSBub25jZQ!="), {}),
+            "two keys": (good + [(b"Sec-WebSocket-Key", b"dGhlIHNhbXBsZSBub25jZQ==")], {}),
+            "version 7": (replaced(b"Sec-WebSocket-Version", b"7"), {}),
+            "version not a number": (replaced(b"Sec-WebSocket-Version", b"13a"), {}),
+            "no version": (without(b"Sec-WebSocket-Version"), {}),
+            "duplicate protocols": (replaced(b"Sec-WebSocket-Protocol", b"chat, chat"), {}),
+            "no connection upgrade": (replaced(b"Connection", b"keep-alive"), {}),
+            "upgrade to something else": (replaced(b"Upgrade", b"websocketx"), {}),
+            "no host": (without(b"Host"), {}),
+            "two hosts": (good + [(b"Host", b"other.example")], {}),
+            "POST": (good, {"method": b"POST"}),
+            "HTTP/1.0": (good, {"version": b"HTTP/1.0"}),
+            "a fragment": (good, {"uri": b"/echo#part"}),
+        }
+        for name, (headers, request_parts) in cases.items():
+            request, raw = self.request(headers, **request_parts)
+            autobahns, wire = self.connection()
+            autobahns.dataReceived(raw)
+            status = int(wire.value().split(b" ", 2)[1])
+            self.assertNotEqual(status, 101, name)
+            with self.assertRaises(Refused, msg=name) as refused:
+                checked_upgrade(request, self.factory.versions)
+            self.assertEqual(refused.exception.code, status, name)

@@ -28,7 +28,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from relayd._internals import lean_after_open
+from relayd._internals import lean_after_open, lean_connection_made
 from relayd.config.model import Rate
 from relayd.errors import ProtocolError
 from relayd.session import IConnection, Runner
@@ -40,10 +40,14 @@ from relayd.ws.keepalive import PING
 from relayd.ws import reader as _events
 from relayd.ws.wire import FrameReader
 
+_CONNECTING = WebSocketProtocol.STATE_CONNECTING
 _OPEN = WebSocketProtocol.STATE_OPEN
 _CLOSING = WebSocketProtocol.STATE_CLOSING
 _CLOSED = WebSocketProtocol.STATE_CLOSED
 _TEXT, _BINARY, _CLOSE, _PING, _PONG = _events.TEXT, _events.BINARY, _events.CLOSE, _events.PING, _events.PONG
+
+# the longest frame header: what a message of the largest size is sent with beyond its payload
+_FRAME_HEADER_MAX = 14
 
 # what each close code the frame reader fails a connection with is counted as
 _WIRE_ERRORS = {1002: "websocket_protocol", 1007: "invalid_utf8", 1009: "message_too_big"}
@@ -109,6 +113,13 @@ class RelaydProtocol(WebSocketServerProtocol):
         if self.state == _OPEN or self.state == _CLOSING:
             data, self.data = self.data, b""
             self._frames(data)
+        elif self.state == _CONNECTING and self._wskey is not None:
+            # the request was parsed (relayd.web.upgrade) and onConnect has not decided yet: what the
+            # client sends meanwhile waits for the open, up to what one message may be
+            limit = self.maxMessagePayloadSize
+            if limit and len(self.data) > limit + _FRAME_HEADER_MAX:
+                self.factory.metrics.protocol_error("message_too_big")
+                self.dropConnection(abort=True)
         else:
             super().consumeData()
 
@@ -159,8 +170,10 @@ class RelaydProtocol(WebSocketServerProtocol):
         BATCH.flush_one(self)
         super().sendData(data, sync, chopsize)
 
+    _wskey = None  # the client's key, once its opening handshake is parsed
+
     def connectionMade(self):
-        super().connectionMade()
+        lean_connection_made(self)  # Autobahn's connectionMade without what relayd never reads
         factory = self.factory
         self._metrics = factory.metrics
         self._clock = factory.reactor
