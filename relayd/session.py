@@ -159,17 +159,26 @@ class Runner:
         return None
 
     def _handle(self, failure: Failure) -> None:
-        if failure.check(Unavailable):
-            failure = Failure(self.session.unavailable)
-        if failure.check(ProtocolError):
-            error = failure.value
-            if not self.connection.count_error(error):
-                return
-            try:
-                self.session.report(error)
-            except Exception:
-                _log.failure("{name}: reporting a protocol error failed", name=self.name)
-                self.connection.internal_error()
+        handle_failure(self.connection, self.session, failure, self.name)
+
+
+def handle_failure(connection, session, failure: Failure, name: str) -> None:
+    """
+    The guard: a failure of a session's work put on the wire as the module docstring says. The
+    Runner applies it to every step; a session applies it to work it started and does not make the
+    next frames wait for (clicker's scores being written).
+    """
+    if failure.check(Unavailable):
+        failure = Failure(session.unavailable)
+    if failure.check(ProtocolError):
+        error = failure.value
+        if not connection.count_error(error):
             return
-        _log.failure("{name}: handling a client failed", failure, name=self.name)
-        self.connection.internal_error()
+        try:
+            session.report(error)
+        except Exception:
+            _log.failure("{name}: reporting a protocol error failed", name=name)
+            connection.internal_error()
+        return
+    _log.failure("{name}: handling a client failed", failure, name=name)
+    connection.internal_error()

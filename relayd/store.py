@@ -26,6 +26,7 @@ from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from relayd import jsonutil
+from relayd.ws._writes import BATCH
 
 
 class IStore(Interface):
@@ -265,12 +266,15 @@ class SqliteStore:
 
     def _written(self, result, batch: list[_Job]) -> None:
         self._writing = False
-        for job in batch:
-            for d in job.waiters:
-                if isinstance(result, Failure):
-                    d.errback(result)
-                else:
-                    d.callback(None)
+        # what the waiters send (clicker's SCORED and score events, many per transaction) is written
+        # once per receiver when all of them have run, as for a WebSocket read
+        with BATCH:
+            for job in batch:
+                for d in job.waiters:
+                    if isinstance(result, Failure):
+                        d.errback(result)
+                    else:
+                        d.callback(None)
         self._next()
 
     def close(self):

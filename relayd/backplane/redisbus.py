@@ -36,6 +36,14 @@ _log = Logger()
 NODE_ID_BYTES = 8
 
 
+class _Commands(RedisProtocol):
+    def dataReceived(self, data, unpause=False):
+        # the replies of one read (clicker's scores, several at once) answer their callers, and what
+        # those send is written once per receiver, as for a WebSocket read
+        with BATCH:
+            super().dataReceived(data, unpause)
+
+
 class _Subscriber(SubscriberProtocol):
     def dataReceived(self, data, unpause=False):
         # every message of this read reaches its receivers in one write each, as a WebSocket read's do
@@ -72,7 +80,7 @@ class RedisBus(MultiService):
         # channels whose SUBSCRIBE Redis has not confirmed yet, with who waits for the confirmation
         self._unconfirmed: dict[str, list[defer.Deferred]] = {}
         self.publisher = RedisLink(
-            target, clock=clock, name="publisher", protocol_class=RedisProtocol,
+            target, clock=clock, name="publisher", protocol_class=_Commands,
             on_up=self._publisher_up, on_down=self._link_down, max_backoff=max_backoff,
         )
         self.subscriber = RedisLink(

@@ -288,11 +288,104 @@ class SlowStore(MemoryStore):
         self.pending.append((d, namespace, key, value))
         return d
 
-    def release(self):
-        pending, self.pending = self.pending, []
+    def release(self, count=None):
+        """Complete the oldest `count` writes waiting (all by default), in the order they were made."""
+        count = len(self.pending) if count is None else count
+        pending, self.pending = self.pending[:count], self.pending[count:]
         for d, namespace, key, value in pending:
             MemoryStore.put(self, namespace, key, value)
             d.callback(None)
+
+    def fail(self, count=1):
+        """Fail the oldest `count` writes waiting: nothing of them is stored."""
+        pending, self.pending = self.pending[:count], self.pending[count:]
+        for d, *_ in pending:
+            d.errback(OSError("disk full"))
+
+
+class PipelineTests(TestCase):
+    """A device's scores are written without each waiting for the one before, and answered in order."""
+
+    def setUp(self):
+        self.store = SlowStore()
+        self.h = harness(store=self.store)
+        self.device = self.h.ws("/clicker/ws")
+        self.device.send_text("REGISTER")
+        self.h.flush()
+        self.store.release()
+        self.h.flush()
+        self.device_id, self.secret = self.device.messages[-1].split(" ")[1:3]
+        self.judge = listener(self.h, f"LISTEN {self.device_id}")
+
+    def scored(self):
+        return [m for m in self.device.messages if m.startswith("SCORED")]
+
+    def test_scores_are_written_together_and_answered_in_order_once_durable(self):
+        """Five scores sent at once are all being written at once; each SCORED waits for its own write, in order."""
+        for i in range(1, 6):
+            self.device.send_text(f"SCORE {i} {i * 10}")
+        self.h.flush()
+        self.assertEqual(len(self.store.pending), 5)
+        self.assertEqual(self.scored(), [])
+        self.store.release(2)
+        self.h.flush()
+        self.assertEqual(self.scored(), ["SCORED 1", "SCORED 2"])
+        self.store.release()
+        self.h.flush()
+        self.assertEqual(self.scored(), [f"SCORED {i}" for i in range(1, 6)])
+        self.assertEqual([m.split(" ")[-1] for m in self.judge.messages[1:]], [str(i * 10) for i in range(1, 6)])
+
+    def test_a_retry_of_a_score_being_written_waits_for_it(self):
+        """A retry sent while its score is being written is answered only once that is durable, and heard once."""
+        self.device.send_text("SCORE 7 70")
+        self.device.send_text("SCORE 7 70")
+        self.h.flush()
+        self.assertEqual((len(self.store.pending), self.scored()), (1, []))
+        self.store.release()
+        self.h.flush()
+        self.assertEqual(self.scored(), ["SCORED 7", "SCORED 7"])
+        self.assertEqual(len(self.judge.messages), 2)  # CONNECT, then the one score
+
+    def test_past_the_bound_the_next_commands_wait(self):
+        """Beyond MAX_SCORES_WRITING scores being written the device's next commands wait, then go on in order."""
+        from relayd.apps.clicker.session import MAX_SCORES_WRITING
+
+        for i in range(1, MAX_SCORES_WRITING + 11):
+            self.device.send_text(f"SCORE {i} {i}")
+        self.h.flush()
+        self.assertEqual(len(self.store.pending), MAX_SCORES_WRITING)
+        self.store.release(5)
+        self.h.flush()
+        self.assertEqual(len(self.store.pending), MAX_SCORES_WRITING)
+        while self.store.pending:
+            self.store.release()
+            self.h.flush()
+        self.assertEqual(self.scored(), [f"SCORED {i}" for i in range(1, MAX_SCORES_WRITING + 11)])
+        self.assertFalse(self.device.closed)
+
+    def test_a_failed_write_is_not_acknowledged_and_its_retry_is_a_new_score(self):
+        """
+        A score whose write failed is never acknowledged (the connection closes with 1011); sent again
+        on a new connection it is written as a new score, not taken for a retry of one accepted.
+        """
+        self.device.send_text("SCORE 8 80")
+        self.h.flush()
+        self.store.fail()
+        self.h.flush()
+        self.assertEqual(self.scored(), [])
+        self.assertEqual(self.device.close_code, closecodes.INTERNAL_ERROR)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        again = self.h.ws("/clicker/ws")
+        again.send_text(f"REGISTER {self.secret}")
+        self.h.flush()
+        self.store.release()
+        self.h.flush()
+        again.send_text("SCORE 8 80")
+        self.h.flush()
+        self.assertEqual(len(self.store.pending), 1)
+        self.store.release()
+        self.h.flush()
+        self.assertEqual(again.messages[-1], "SCORED 8")
 
 
 class IdentityBoundsTests(TestCase):

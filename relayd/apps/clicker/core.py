@@ -229,13 +229,17 @@ class ClickerCore:
             return True
         return False
 
-    def is_retry(self, device: str, timestamp: int) -> bool:
-        latest = self.latest.get(device)
+    def is_retry(self, device: str, timestamp: int, on: Latest | None = None) -> bool:
+        """Whether timestamp was accepted already: as committed, or as of `on` (a state still being written)."""
+        latest = on if on is not None else self.latest.get(device)
         return latest is not None and timestamp in latest.recent
 
-    def propose(self, device: str, score: Score) -> Latest:
-        """The device's state once this score is accepted; it takes effect with commit()."""
-        previous = self.latest.get(device)
+    def propose(self, device: str, score: Score, on: Latest | None = None) -> Latest:
+        """
+        The device's state once this score is accepted, built on the committed state or on `on` (a
+        state still being written); it takes effect with commit().
+        """
+        previous = on if on is not None else self.latest.get(device)
         recent = deque(previous.recent if previous else (), maxlen=RECENT_TIMESTAMPS)
         recent.append(score.timestamp)
         return Latest(score.timestamp, score.score, recent)

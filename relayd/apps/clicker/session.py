@@ -5,17 +5,35 @@ docs/protocols/clicker.md.
 
 from __future__ import annotations
 
+from collections import deque
+
 from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from relayd.apps.clicker.core import Event, device_channel, parse_ids, parse_score, split_command
 from relayd.errors import ProtocolError
-from relayd.session import ISession, unavailable
+from relayd.session import ISession, handle_failure, unavailable
 from relayd.ws import closecodes
 from relayd.ws.frames import Frame
 
 _log = Logger()
+
+
+# a device's scores written at once before its next commands wait (the Runner holds those, up to
+# MAX_HELD); devices keep a handful unacknowledged
+MAX_SCORES_WRITING = 64
+
+
+class _Ack:
+    """A score being written, to be answered SCORED once durable."""
+
+    __slots__ = ("score", "done", "failed")
+
+    def __init__(self, score):
+        self.score = score
+        self.done = False
+        self.failed = False
 
 
 @implementer(ISession)
@@ -31,6 +49,8 @@ class ClickerSession:
         self.device: str | None = None
         self.subscribe_format = False
         self.subscriptions: dict[str, object] = {}
+        self._acks: deque[_Ack] = deque()  # scores being written, in the order they came
+        self._room: defer.Deferred | None = None  # fires when fewer than MAX_SCORES_WRITING are
 
     def opened(self):
         # commands wait until the app has loaded its state, then run one after another, each after
@@ -97,18 +117,46 @@ class ClickerSession:
         self.device = None
         self.conn.close(closecodes.REPLACED, "replaced by a newer connection for this device")
 
-    @defer.inlineCallbacks
     def _score(self, score):
-        app = self.app
+        # the device's next commands do not wait for this score to be durable: up to
+        # MAX_SCORES_WRITING are written at once (the store commits them together), and each SCORED
+        # goes out, in the order the scores came, once its score is durable
         device = self.device
         if device is None:
-            return
-        if (yield app.state.score(device, score)):
-            app.bus.publish(device_channel(device), Event("score", device, score.timestamp, score.score))
-        if score.msg_id is None:
-            self.send(f"SCORED {score.timestamp}")
-        else:
-            self.send(f"SCORED {score.msg_id} {score.timestamp}")
+            return None
+        ack = _Ack(score)
+        self._acks.append(ack)
+        self.app.state.score(device, score).addCallbacks(self._durable, self._not_durable,
+                                                         callbackArgs=(ack, device), errbackArgs=(ack,))
+        if len(self._acks) >= MAX_SCORES_WRITING and self._room is None:
+            self._room = defer.Deferred()  # the Runner holds the next commands until one is answered
+            return self._room
+        return None
+
+    def _durable(self, accepted: bool, ack: "_Ack", device: str) -> None:
+        if accepted:
+            score = ack.score
+            self.app.bus.publish(device_channel(device), Event("score", device, score.timestamp, score.score))
+        ack.done = True
+        self._answer()
+
+    def _not_durable(self, failure, ack: "_Ack") -> None:
+        ack.done = ack.failed = True
+        self._answer()
+        handle_failure(self.conn, self, failure, "clicker")
+
+    def _answer(self) -> None:
+        acks = self._acks
+        while acks and acks[0].done:
+            ack = acks.popleft()
+            if ack.failed:
+                continue
+            score = ack.score
+            self.send(f"SCORED {score.timestamp}" if score.msg_id is None else f"SCORED {score.msg_id} {score.timestamp}")
+        room = self._room
+        if room is not None and len(acks) < MAX_SCORES_WRITING:
+            self._room = None
+            room.callback(None)
 
     @defer.inlineCallbacks
     def _listen(self, ids: list[str], subscribe_format: bool):
@@ -140,6 +188,9 @@ class ClickerSession:
 
     def closed(self) -> None:
         app = self.app
+        room, self._room = self._room, None
+        if room is not None:
+            room.callback(None)  # nothing more comes from this client: the Runner holds nothing
         for subscription in self.subscriptions.values():
             subscription.cancel()
         self.subscriptions = {}

@@ -7,10 +7,13 @@ protocol handler serves one process (LocalState: ClickerCore plus the durable st
 
 from __future__ import annotations
 
+from collections import deque
+
 from twisted.internet import defer
+from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
-from relayd.apps.clicker.core import ClickerCore, Score, secret_key
+from relayd.apps.clicker.core import ClickerCore, Latest, Score, secret_key
 
 IDENTITIES = "clicker.identity"
 LATEST = "clicker.latest"
@@ -37,7 +40,11 @@ class IClickerState(Interface):
         """Fires True when connection was the device's live one (it is now disconnected)."""
 
     def score(device: str, score: Score) -> defer.Deferred:
-        """Fires True once the score is durable as the device's latest, False for a retry of an accepted one."""
+        """
+        Fires True once the score is durable as the device's latest, False for a retry of an accepted
+        one. A device's scores may be given before earlier ones have fired; each fires only once
+        every score given before it for the device is durable (or failed).
+        """
 
     def snapshot(ids: list) -> defer.Deferred:
         """Fires with (the ids connected now, {id: (timestamp, score)} of their latest scores)."""
@@ -46,12 +53,23 @@ class IClickerState(Interface):
         """Stop what start began."""
 
 
+class _Writing:
+    """A score being written: the device's state it makes, and the retries of it waiting for it."""
+
+    __slots__ = ("latest", "retries")
+
+    def __init__(self, latest: Latest):
+        self.latest = latest
+        self.retries: list[defer.Deferred] = []
+
+
 @implementer(IClickerState)
 class LocalState:
     def __init__(self, core: ClickerCore, store, clock):
         self.core = core
         self.store = store
         self.clock = clock
+        self._writing: dict[str, deque[_Writing]] = {}  # device -> its scores being written, oldest first
 
     @defer.inlineCallbacks
     def start(self):
@@ -95,16 +113,42 @@ class LocalState:
     def detach(self, device, connection):
         return defer.succeed(self.core.detach(device, connection))
 
-    @defer.inlineCallbacks
     def score(self, device, score):
-        if self.core.is_retry(device, score.timestamp):
-            return False
-        latest = self.core.propose(device, score)
+        # a device's scores may be written while earlier ones still are (the store commits them in
+        # order, a device's waiting writes together): each is proposed on the newest state written or
+        # being written, and a retry of any of them answers once everything before it is durable
+        writing = self._writing.get(device)
+        newest = writing[-1] if writing else None
+        basis = newest.latest if newest is not None else None
+        if self.core.is_retry(device, score.timestamp, basis):
+            if newest is None:
+                return defer.succeed(False)
+            retry: defer.Deferred = defer.Deferred()
+            newest.retries.append(retry)
+            return retry
+        entry = _Writing(self.core.propose(device, score, basis))
+        if writing is None:
+            writing = self._writing[device] = deque()
+        writing.append(entry)
         now = self.clock.seconds()
-        yield self.store.put(LATEST, device, {**latest.to_json(), "seen": now})
-        self.core.commit(device, latest)
-        self.core.seen[device] = now
-        return True
+        d = self.store.put(LATEST, device, {**entry.latest.to_json(), "seen": now})
+        return d.addBoth(self._written, device, entry, now)
+
+    def _written(self, result, device: str, entry: "_Writing", now: float):
+        writing = self._writing[device]
+        writing.remove(entry)  # the oldest: the store completes a device's writes in order
+        if not writing:
+            del self._writing[device]
+        failed = isinstance(result, Failure)
+        if not failed:
+            self.core.commit(device, entry.latest)
+            self.core.seen[device] = now
+        for retry in entry.retries:
+            if failed:
+                retry.errback(result)
+            else:
+                retry.callback(False)
+        return result if failed else True
 
     def snapshot(self, ids):
         latest = {i: (self.core.latest[i].timestamp, self.core.latest[i].score) for i in ids if i in self.core.latest}
