@@ -255,11 +255,19 @@ class SqliteStore:
         rows = [entry for job in batch for entry in job.entries]
 
         def write(cursor):
-            for namespace, key, value in rows:
-                if value is _DELETE:
-                    cursor.execute("DELETE FROM kv WHERE ns = ? AND key = ?", (namespace, key))
+            # runs of upserts and of deletes each in one executemany, in order: the loop over rows is
+            # SQLite's, not Python's holding the interpreter lock the reactor thread waits for
+            start = 0
+            while start < len(rows):
+                deleting = rows[start][2] is _DELETE
+                end = start
+                while end < len(rows) and (rows[end][2] is _DELETE) == deleting:
+                    end += 1
+                if deleting:
+                    cursor.executemany("DELETE FROM kv WHERE ns = ? AND key = ?", [row[:2] for row in rows[start:end]])
                 else:
-                    cursor.execute(_UPSERT, (namespace, key, value))
+                    cursor.executemany(_UPSERT, rows[start:end])
+                start = end
 
         self._writing = True
         self._pool.runInteraction(write).addBoth(self._written, batch)

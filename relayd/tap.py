@@ -16,7 +16,7 @@ import relayd
 from relayd import config as relayd_config
 from relayd.config import ConfigError
 from relayd.config.model import Config
-from relayd.gcpolicy import FreezeStartup
+from relayd.gcpolicy import CollectorPolicy
 
 
 class Options(usage.Options):
@@ -86,8 +86,8 @@ def makeService(options, reactor=None):
     if reactor is None:
         from twisted.internet import reactor as running
 
-        # the daemon's start-up objects are out of the collector's reach once it runs (relayd.gcpolicy)
-        FreezeStartup(running).setServiceParent(service)
+        # start-up's objects out of the collector's reach, full collections rarer (relayd.gcpolicy)
+        CollectorPolicy(running).setServiceParent(service)
         # under twistd: bind now, so that a port in use ends start-up with its one line before twistd
         # writes its pid file (twistd's own privileged start, later, finds the ports bound)
         service.privilegedStartService()

@@ -66,6 +66,17 @@ class StoreContract:
         raise NotImplementedError
 
     @defer.inlineCallbacks
+    def test_writes_and_deletes_apply_in_the_order_made(self):
+        """Puts and deletes of the same keys made back to back end as the last of them says."""
+        store = self.make_store()
+        writes = [store.put_many([("ns", "a", 1), ("ns", "b", 1)]), store.delete_many([("ns", "a")]),
+                  store.put_many([("ns", "a", 3)]), store.delete_many([("ns", "b")]), store.put_many([("ns", "c", 4)])]
+        yield defer.gatherResults(writes)
+        self.assertEqual((yield store.items("ns")), [("a", 3), ("c", 4)])
+        if hasattr(store, "close"):
+            yield store.close()
+
+    @defer.inlineCallbacks
     def test_put_get_delete_items(self):
         """Values round-trip as JSON by namespace and key; delete removes; items lists a namespace."""
         store = self.make_store()
@@ -126,6 +137,9 @@ class _HeldPool:
         class Cursor:
             def execute(self, sql, args):
                 rows.append(args)
+
+            def executemany(self, sql, many):
+                rows.extend(tuple(args) for args in many)
 
         write(Cursor())
         self.transactions.append(rows)

@@ -390,6 +390,19 @@ class RestartTests(TestCase):
             self.assertEqual(loaded.turn, room.turn)
 
 
+class RecordTests(TestCase):
+    def test_stored_records_hold_every_field(self):
+        """A player's and a room's settings' stored records carry every field their classes have, as attrs would write them."""
+        import attr
+
+        from relayd.apps.gameroom.core import Player, Settings, _settings_record
+
+        player = Player("p1", "Ann", "u1", "digest", ready=True, away_since=3.5, latency_ms=12.0, finished={"won": 1})
+        self.assertEqual(player.record(), attr.asdict(player))
+        settings = Settings(command_delay=3)
+        self.assertEqual(_settings_record(settings), attr.asdict(settings))
+
+
 class SchedulerTests(TestCase):
     def test_tick_errors_do_not_stop_the_scheduler(self):
         """A tick that raises is logged and counted; the next tick still runs."""
