@@ -132,6 +132,19 @@ def _wait_listening(port: int, what: str) -> None:
     raise RuntimeError(f"{what} did not start")
 
 
+def _wait_ready(port: int) -> None:
+    """Until relayd's /readyz answers 200 (started, connected to its bus)."""
+    for _ in range(200):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"relayd on port {port} did not become ready")
+
+
 def build_generator(out: str) -> str:
     source = os.path.join(BENCH, "gen", "wsgen.c")
     binary = os.path.join(out, "wsgen")
@@ -377,6 +390,8 @@ class Nodes:
         except BaseException:
             self.stop()
             raise
+        for node in self.nodes:
+            _wait_ready(node.port)  # listening is not enough: a node takes carparty logins once its bus is up
         self.name, self.port, self.path, self.pid = "relayd", self.nodes[0].port, self.nodes[0].path, self.nodes[0].pid
         self.ports = ",".join(str(n.port) for n in self.nodes)
 
