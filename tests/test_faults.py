@@ -290,7 +290,7 @@ class HardKillTests(TestCase):
         def persisted():
             try:
                 with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
-                    row = db.execute("SELECT value FROM kv WHERE ns = 'gameroom.room' AND key = ?", (room_id,)).fetchone()
+                    row = db.execute("SELECT value FROM kv WHERE ns = 'gameroom.progress' AND key = ?", (room_id,)).fetchone()
             except sqlite3.Error:
                 return False
             return bool(row) and json.loads(row[0])["turn"] >= turn

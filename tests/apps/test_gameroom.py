@@ -364,8 +364,8 @@ class RestartTests(TestCase):
 
     def test_logs_stored_in_either_chunk_size_restore_whole(self):
         """A room whose record names no chunk size (stored in chunks of 256) restores its whole log, as does one in today's chunks."""
-        from relayd.apps.gameroom.core import LOG_CHUNK, STORED_LOG_CHUNK
-        from relayd.apps.gameroom.roomstore import LOG, META, LocalRoomStore
+        from relayd.apps.gameroom.core import LOG_CHUNK, STORED_LOG_CHUNK, merge_progress
+        from relayd.apps.gameroom.roomstore import LOG, META, PROGRESS
 
         store = MemoryStore()
         h = harness(store=store)
@@ -378,16 +378,52 @@ class RestartTests(TestCase):
         self.assertGreater(len(log), 3 * LOG_CHUNK)
         stored = [key for (ns, key) in store.data if ns == LOG and key.startswith(room_id)]
         self.assertEqual(len(stored), (len(log) + LOG_CHUNK - 1) // LOG_CHUNK)
-        # the same room as it was stored before chunks had a size in the record
+        # the same room as it was stored before chunks had a size in the record, and before progress
+        # records: one meta with everything
         old = MemoryStore()
-        meta = dict(store.data[(META, room_id)] and json.loads(store.data[(META, room_id)]))
+        meta = merge_progress(json.loads(store.data[(META, room_id)]), json.loads(store.data[(PROGRESS, room_id)]))
         del meta["log_chunk"]
-        chunks = {i: log[i * STORED_LOG_CHUNK:(i + 1) * STORED_LOG_CHUNK] for i in range((len(log) + 255) // 256)}
-        LocalRoomStore(old).save([(meta, chunks)], set())
+        old.put_many([(META, room_id, meta)] + [(LOG, f"{room_id}:{i:08d}", log[i * STORED_LOG_CHUNK:(i + 1) * STORED_LOG_CHUNK])
+                                                for i in range((len(log) + 255) // 256)])
         for stored_in in (store, old):
             loaded = harness(store=stored_in).app("gameroom").core.rooms[room_id]
             self.assertEqual([p.decode() for p in loaded.log], log[:loaded.turn])
             self.assertEqual(loaded.turn, room.turn)
+
+
+class ProgressRecordTests(TestCase):
+    def test_a_running_room_writes_its_progress_and_new_packets_not_its_meta(self):
+        """
+        Once stored, a running room's writes carry its progress (turn, timing, hashes) and its new
+        packets; its meta is written again only when more than that changed (a player leaving), and
+        a restart restores the room at the turn its progress names.
+        """
+        from relayd.apps.gameroom.roomstore import META, PROGRESS
+
+        store = MemoryStore()
+        h = harness(store=store)
+
+        def written():  # a whole persist_interval, in steps its eighths are written at
+            for _ in range(20):
+                h.advance(0.01)
+
+        room_id, seats = new_game(h)
+        # played on without a pause (a pause is a state change, which the meta records)
+        play(h, seats, until=lambda: seats[0].player.executed >= 30, rounds=20000)
+        meta_before = store.data[(META, room_id)]
+        play(h, seats, until=lambda: seats[0].player.executed >= 80, rounds=20000)
+        self.assertEqual(store.data[(META, room_id)], meta_before)
+        room = h.app("gameroom").core.rooms[room_id]
+        self.assertGreaterEqual(json.loads(store.data[(PROGRESS, room_id)])["turn"], 60)
+        self.assertLess(json.loads(meta_before)["turn"], 40)
+        seats[1].ws.sendClose(1000)
+        h.flush()
+        written()
+        self.assertNotEqual(store.data[(META, room_id)], meta_before)
+        turn = room.turn
+        h.service.stopService()
+        h.flush()
+        self.assertEqual(harness(store=store).app("gameroom").core.rooms[room_id].turn, turn)
 
 
 class RecordTests(TestCase):
@@ -488,7 +524,7 @@ class DeadlineQueueTests(TestCase):
 
     def test_rooms_are_written_a_slice_at_a_time_and_all_within_the_interval(self):
         """Forty changed rooms are written an eighth at a time, every one within persist_interval."""
-        from relayd.apps.gameroom.roomstore import META
+        from relayd.apps.gameroom.roomstore import PROGRESS
 
         store = MemoryStore()
         h = harness(store=store)
@@ -500,7 +536,7 @@ class DeadlineQueueTests(TestCase):
         interval = app.options["persist_interval"]
 
         def written():
-            return {key for (ns, key) in store.data if ns == META} & ids
+            return {key for (ns, key) in store.data if ns == PROGRESS} & ids
 
         counts = []
         for _ in range(8):

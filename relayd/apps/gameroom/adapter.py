@@ -39,7 +39,7 @@ from twisted.web.static import Data
 
 from relayd import jsonutil
 from relayd.apps.base import App
-from relayd.apps.gameroom.core import GameRoom, Settings
+from relayd.apps.gameroom.core import GameRoom, Settings, static_part
 from relayd.apps.gameroom.roomstore import LocalRoomStore
 from relayd.apps.gameroom.scheduler import TickScheduler
 from relayd.apps.gameroom.session import GameRoomSession
@@ -280,8 +280,11 @@ class GameRoomApp(App):
                 index: [p.decode() for p in room.log[index * size:(index + 1) * size]]
                 for index in range(room.persisted // size, (len(room.log) - 1) // size + 1)
             }
-            rooms.append((room.meta(), chunks))
+            meta = room.meta()
+            static = jsonutil.dumps(static_part(meta))
+            rooms.append((meta if static != room.stored_static else None, room.progress(), chunks))
             room.persisted = len(room.log)
+            room.stored_static = static
         deleted, core.deleted = core.deleted, set()
         if not rooms and not deleted:
             return None
@@ -289,7 +292,7 @@ class GameRoomApp(App):
             for room_id in deleted:
                 self.placement.release(room_id)
         d = self._flushing = self.room_store.save(rooms, deleted)
-        d.addErrback(self._flush_failed, [meta["id"] for meta, _ in rooms])
+        d.addErrback(self._flush_failed, [progress["id"] for _, progress, _ in rooms])
         d.addBoth(self._flushed)  # may run at once: a store that wrote synchronously
         return None
 
@@ -304,6 +307,7 @@ class GameRoomApp(App):
             room = self.core.rooms.get(room_id)
             if room is not None:
                 room.persisted = 0
+                room.stored_static = None
                 self.core.dirty.add(room_id)
 
     def _flushed(self, _):

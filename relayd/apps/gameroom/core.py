@@ -143,6 +143,7 @@ class Room:
     last_close: float = float("-inf")
     log_bytes: int = 0
     log_chunk: int = LOG_CHUNK  # packets per stored chunk of the log
+    stored_static: bytes | None = None  # static_part of the meta as last written (None: write it next time)
     due: float | None = None  # the room's deadline in the queue (GameRoom._reschedule)
     complete_at: float | None = None  # when the open turn's last packet arrived
 
@@ -177,6 +178,15 @@ class Room:
             "packets": [jsonutil.loads(p) for p in self.log], "events": self.events,
         }
 
+    def progress(self) -> dict:
+        """
+        What changes turn by turn, stored apart from the meta (which changes at joins, setup and state
+        changes), so a running room's write is this and its new packets: merge_progress puts it back.
+        """
+        return {"id": self.id, "turn": self.turn, "turn_ms": self.turn_ms, "iterations": self.iterations,
+                "pending_timing": self.pending_timing, "hashes": {str(k): v for k, v in self.hashes.items()},
+                "log_length": len(self.log), "timing": {p.pid: [p.latency_ms, p.frame_ms] for p in self.players}}
+
     def meta(self) -> dict:
         """Everything but the log, for the durable store."""
         return {
@@ -194,6 +204,29 @@ class Room:
 def _settings_record(settings: Settings) -> dict:
     """A room's settings as stored (frozen: rooms with equal settings share one record, never changed)."""
     return attr.asdict(settings)
+
+
+# the meta's fields a progress record carries newer values of (and each player's timing)
+PROGRESS_FIELDS = ("turn", "turn_ms", "iterations", "pending_timing", "hashes", "log_length")
+_TIMING_FIELDS = ("latency_ms", "frame_ms")
+
+
+def static_part(meta: dict) -> dict:
+    """The meta without what its progress record carries: when this is unchanged, the meta need not be written."""
+    static = {k: v for k, v in meta.items() if k not in PROGRESS_FIELDS}
+    static["players"] = [{k: v for k, v in p.items() if k not in _TIMING_FIELDS} for p in meta["players"]]
+    return static
+
+
+def merge_progress(meta: dict, progress: dict | None) -> dict:
+    """A stored meta brought up to its room's progress record, when there is one (rooms stored before have none)."""
+    if progress is None:
+        return meta
+    merged = {**meta, **{k: progress[k] for k in PROGRESS_FIELDS}}
+    timing = progress.get("timing", {})
+    merged["players"] = [{**p, **dict(zip(_TIMING_FIELDS, timing[p["pid"]]))} if p["pid"] in timing else p
+                         for p in meta["players"]]
+    return merged
 
 
 def _check_size(value: Any, limit: int, what: str) -> None:

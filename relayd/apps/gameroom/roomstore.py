@@ -1,11 +1,15 @@
 """
-Where gameroom keeps its rooms between writes: each room's meta (everything but the log) and its log
-of master packets in chunks (of the size its meta names: `log_chunk`, 256 where a meta stored before
-that does not), written together so a room is restored as it was written.
+Where gameroom keeps its rooms between writes: each room's meta (everything but the log, written
+when more than its progress changed), its progress (what changes turn by turn: the turn, timing,
+hashes, the log's length; written with every change) and its log of master packets in chunks (of the
+size its meta names: `log_chunk`, 256 where a meta stored before that does not), written together so
+a room is restored as it was written. A room read back is its meta brought up to its progress
+(core.merge_progress); a room stored before progress records existed has a meta alone.
 
 LocalRoomStore is the daemon's durable store (one node). RedisRoomStore is shared by every node
-(`<prefix>:gameroom:meta`, one hash, and `<prefix>:gameroom:log:<room>`, a hash of chunks per room),
-so another node can take a room over when its owner dies.
+(`<prefix>:gameroom:meta` and `<prefix>:gameroom:progress`, one hash each, and
+`<prefix>:gameroom:log:<room>`, a hash of chunks per room), so another node can take a room over
+when its owner dies.
 """
 
 from __future__ import annotations
@@ -15,15 +19,19 @@ import json
 from twisted.internet import defer
 from zope.interface import Interface, implementer
 
-from relayd.apps.gameroom.core import STORED_LOG_CHUNK
+from relayd.apps.gameroom.core import STORED_LOG_CHUNK, merge_progress
 
 META = "gameroom.room"
+PROGRESS = "gameroom.progress"
 LOG = "gameroom.log"
 
 
 class IRoomStore(Interface):
     def save(rooms: list, deleted: set) -> defer.Deferred:
-        """Write [(meta, {chunk index: [packet, ...]})] and remove the deleted room ids, in one go."""
+        """
+        Write [(meta or None when unchanged, progress, {chunk index: [packet, ...]})] and remove the
+        deleted room ids, in one go.
+        """
 
     def load_all() -> defer.Deferred:
         """Fire with [(meta, log)] of every stored room."""
@@ -44,16 +52,20 @@ class LocalRoomStore:
     @defer.inlineCallbacks
     def save(self, rooms, deleted):
         entries = []
-        for meta, chunks in rooms:
-            entries.append((META, meta["id"], meta))
-            entries.extend((LOG, _chunk_key(meta["id"], index), chunk) for index, chunk in chunks.items())
+        for meta, progress, chunks in rooms:
+            room_id = progress["id"]
+            if meta is not None:
+                entries.append((META, room_id, meta))
+            entries.append((PROGRESS, room_id, progress))
+            entries.extend((LOG, _chunk_key(room_id, index), chunk) for index, chunk in chunks.items())
         if entries:
             yield self.store.put_many(entries)
         removed = []
         for room_id in deleted:
-            # a room's meta says how long its log is: only its own chunks are touched
-            meta = yield self.store.get(META, room_id)
-            removed.append((META, room_id))
+            # a room's meta and progress say how long its log is: only its own chunks are touched
+            meta = merge_progress((yield self.store.get(META, room_id)) or {"players": []},
+                                  (yield self.store.get(PROGRESS, room_id)))
+            removed.extend([(META, room_id), (PROGRESS, room_id)])
             removed.extend((LOG, key) for key in _chunk_keys(room_id, meta))
         if removed:
             yield self.store.delete_many(removed)
@@ -64,13 +76,16 @@ class LocalRoomStore:
         for key, packets in (yield self.store.items(LOG)):
             room_id, _, index = key.rpartition(":")
             chunks.setdefault(room_id, {})[int(index)] = packets
-        return [(meta, _joined(chunks.get(room_id, {}))) for room_id, meta in (yield self.store.items(META))]
+        progress = dict((yield self.store.items(PROGRESS)))
+        return [(merge_progress(meta, progress.get(room_id)), _joined(chunks.get(room_id, {})))
+                for room_id, meta in (yield self.store.items(META))]
 
     @defer.inlineCallbacks
     def load(self, room_id):
         meta = yield self.store.get(META, room_id)
         if meta is None:
             return None
+        meta = merge_progress(meta, (yield self.store.get(PROGRESS, room_id)))
         chunks = {}
         for index, key in enumerate(_chunk_keys(room_id, meta)):
             chunk = yield self.store.get(LOG, key)
@@ -97,19 +112,27 @@ class RedisRoomStore:
     def _meta(self) -> str:
         return self.cluster.key("gameroom", "meta")
 
+    def _progress(self) -> str:
+        return self.cluster.key("gameroom", "progress")
+
     def _log(self, room_id: str) -> str:
         return self.cluster.key("gameroom", "log", room_id)
 
     @defer.inlineCallbacks
     def save(self, rooms, deleted):
-        # chunks first, meta last: a meta in Redis never names turns its log does not have yet
-        for meta, chunks in rooms:
+        # chunks first, then the meta, the progress last: neither names turns the log does not have
+        # yet, and a meta newer than its progress (a write cut short) only has restored fewer turns
+        for meta, progress, chunks in rooms:
+            room_id = progress["id"]
             if chunks:
                 args = [item for index, chunk in chunks.items() for item in (index, json.dumps(chunk))]
-                yield self.cluster.call("HSET", self._log(meta["id"]), *args)
-            yield self.cluster.call("HSET", self._meta(), meta["id"], json.dumps(meta))
+                yield self.cluster.call("HSET", self._log(room_id), *args)
+            if meta is not None:
+                yield self.cluster.call("HSET", self._meta(), room_id, json.dumps(meta))
+            yield self.cluster.call("HSET", self._progress(), room_id, json.dumps(progress))
         for room_id in deleted:
             yield self.cluster.call("HDEL", self._meta(), room_id)
+            yield self.cluster.call("HDEL", self._progress(), room_id)
             yield self.cluster.call("DEL", self._log(room_id))
 
     def load_all(self):
@@ -120,6 +143,7 @@ class RedisRoomStore:
         raw = yield self.cluster.call("HGET", self._meta(), room_id)
         if raw is None:
             return None
+        progress = yield self.cluster.call("HGET", self._progress(), room_id)
         flat = yield self.cluster.call("HGETALL", self._log(room_id))
         chunks = {int(flat[i]): json.loads(flat[i + 1]) for i in range(0, len(flat), 2)}
-        return json.loads(raw), _joined(chunks)
+        return merge_progress(json.loads(raw), None if progress is None else json.loads(progress)), _joined(chunks)
