@@ -89,6 +89,7 @@ def protocol_with_options(protocol: type, factory) -> type:
                for name in protocol.CONFIG_ATTRS for value in (getattr(factory, name),)}
     return type(protocol.__name__, (protocol,), {"__module__": protocol.__module__, "__qualname__": protocol.__qualname__,
                                                  **options, **AUTOBAHN_DEFAULTS, "trafficStats": _SHARED_TRAFFIC_STATS,
+                                                 "_transport_details": None,
                                                  "send_queue": NO_SEND_QUEUE})
 
 
@@ -105,6 +106,9 @@ _HANDSHAKE_LEFTOVERS = (
 # read only by Autobahn's frame parser and message assembly, which relayd's frame reader replaces
 # (relayd.ws.wire): its UTF-8 validator and the observable "message" event
 _PARSER_STATE = ("utf8validator", "_results", "_valid_events")
+# Autobahn's transport details (made in its __init__): read while the connection opens (the Twisted
+# adapter's _onOpen) and afterwards only by WAMP; once open the class's None stands in
+_OPENING_ONLY = ("_transport_details",)
 
 # the flags Autobahn's _connectionMade sets on every connection, at the values it sets: left to the
 # class once the connection is open, and set on the connection again only when they change
@@ -147,7 +151,8 @@ def lean_after_open(protocol) -> None:
     """
     kept = {}
     for name, value in protocol.__dict__.items():
-        if name in _HANDSHAKE_LEFTOVERS or name in _PARSER_STATE or name in ("trafficStats", "send_queue"):
+        if (name in _HANDSHAKE_LEFTOVERS or name in _PARSER_STATE or name in _OPENING_ONLY
+                or name in ("trafficStats", "send_queue")):
             continue
         if name in AUTOBAHN_DEFAULTS:
             default = AUTOBAHN_DEFAULTS[name]

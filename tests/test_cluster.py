@@ -792,7 +792,8 @@ class GameroomAcrossNodes(ClusterTestCase):
         app_a = a.service.apps["gameroom"]
         room_a = app_a.core.rooms[room_id]
         yield until(lambda: len({p.player.executed for p in players}) == 1 and room_a.persisted >= room_a.turn
-                    and room_id not in app_a.core.dirty, what="the last turns at the players and in Redis")
+                    and room_id not in app_a.core.dirty and app_a._flushing is None,
+                    what="the last turns at the players and in Redis")
         a.service.cluster.stopService = lambda: None
         placement = a.service.apps["gameroom"].placement
         stop_periodic(placement.leases)

@@ -159,6 +159,16 @@ class LeanConnectionInternalsTests(TestCase):
                 continue  # relayd's own, read only in connecting()
             self.assertLessEqual(self._methods_reading(name), self.HANDSHAKE_METHODS, name)
 
+    def test_transport_details_are_read_only_while_opening(self):
+        """Autobahn's transport details, dropped once open, are read by its server side only while the connection opens."""
+        import autobahn.twisted.websocket as t
+
+        readers = self._methods_reading("_transport_details")
+        self.assertLessEqual(readers, {"__init__", "transport_details", "_actuallyStartHandshake", "startHandshake"})
+        twisted_readers = {method for method, function in vars(t.WebSocketAdapterProtocol).items()
+                           if inspect.isfunction(function) and "self._transport_details" in inspect.getsource(function)}
+        self.assertEqual(twisted_readers, {"connectionMade", "_onOpen"})
+
     def test_parser_state_is_read_only_by_autobahns_parser(self):
         """The UTF-8 validator and the message event are used only by the parsing relayd's frame reader replaces."""
         parsing = {"onFrameBegin", "onFrameData", "onFrameEnd", "onMessageEnd", "_connectionMade", "__init__"}
@@ -199,8 +209,8 @@ class LeanConnectionInternalsTests(TestCase):
         h = Harness(make_config("[app:testee]\nlisteners = main\npath = /echo\n")).start()
         client = h.ws("/echo")
         server = h.service.listeners["main"].tracker.websockets()[-1]
-        self.assertFalse({"http_headers", "http_request_data", "utf8validator", "send_queue", "trafficStats", "wasClean"}
-                         & set(vars(server)))
+        self.assertFalse({"http_headers", "http_request_data", "utf8validator", "send_queue", "trafficStats", "wasClean",
+                          "_transport_details"} & set(vars(server)))
         self.assertIs(server.send_queue, NO_SEND_QUEUE)
         self.assertLess(len(vars(server)), 45)
         client.send_text("still echoes")

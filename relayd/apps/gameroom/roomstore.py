@@ -118,22 +118,26 @@ class RedisRoomStore:
     def _log(self, room_id: str) -> str:
         return self.cluster.key("gameroom", "log", room_id)
 
-    @defer.inlineCallbacks
     def save(self, rooms, deleted):
-        # chunks first, then the meta, the progress last: neither names turns the log does not have
-        # yet, and a meta newer than its progress (a write cut short) only has restored fewer turns
+        # sent at once on one connection, so Redis runs them in this order: chunks first, then the
+        # meta, the progress last (neither names turns the log does not have yet, and a meta newer
+        # than its progress, a write cut short, only has restored fewer turns)
+        call = self.cluster.call
+        calls = []
         for meta, progress, chunks in rooms:
             room_id = progress["id"]
             if chunks:
                 args = [item for index, chunk in chunks.items() for item in (index, json.dumps(chunk))]
-                yield self.cluster.call("HSET", self._log(room_id), *args)
+                calls.append(call("HSET", self._log(room_id), *args))
             if meta is not None:
-                yield self.cluster.call("HSET", self._meta(), room_id, json.dumps(meta))
-            yield self.cluster.call("HSET", self._progress(), room_id, json.dumps(progress))
+                calls.append(call("HSET", self._meta(), room_id, json.dumps(meta)))
+            calls.append(call("HSET", self._progress(), room_id, json.dumps(progress)))
         for room_id in deleted:
-            yield self.cluster.call("HDEL", self._meta(), room_id)
-            yield self.cluster.call("HDEL", self._progress(), room_id)
-            yield self.cluster.call("DEL", self._log(room_id))
+            calls.append(call("HDEL", self._meta(), room_id))
+            calls.append(call("HDEL", self._progress(), room_id))
+            calls.append(call("DEL", self._log(room_id)))
+        # the first failure, as it was (an Unavailable stays one)
+        return defer.gatherResults(calls, consumeErrors=True).addErrback(lambda f: f.value.subFailure)
 
     def load_all(self):
         return defer.succeed([])  # on several nodes a node loads only the rooms it takes over
