@@ -406,6 +406,34 @@ class UpgradeParsedOnceTests(TestCase):
         self.assertEqual(lean_wire.value(), autobahn_wire.value())
         self.assertEqual((lean.state, lean.websocket_open), (autobahns.state, True))
 
+    def test_what_comes_before_the_open_waits_for_it_up_to_one_message(self):
+        """
+        While the app's onConnect answers later, a frame the client sends waits and is handled once
+        the connection opens; more than one message's worth of bytes before the open aborts it.
+        """
+        from twisted.internet import defer
+
+        from relayd._internals import open_upgraded
+        from relayd.web.upgrade import checked_upgrade
+        from tests.wire_streams import frame
+
+        request, _ = self.request([h for h in self.HEADERS if h[0] != b"Sec-WebSocket-Protocol"])
+        parts = checked_upgrade(request, self.factory.versions)
+        waiting = defer.Deferred()
+        patient, wire = self.connection()
+        patient.connecting = lambda request: waiting
+        open_upgraded(patient, data=b"", **parts)
+        patient.dataReceived(frame(1, b"early"))
+        self.assertEqual(wire.value(), b"")
+        waiting.callback(None)
+        self.assertTrue(wire.value().startswith(b"HTTP/1.1 101 "))
+        self.assertTrue(wire.value().endswith(frame(1, b"early", mask=None)))  # the testee app echoes it
+        flooding, wire = self.connection()
+        flooding.connecting = lambda request: defer.Deferred()
+        open_upgraded(flooding, data=b"", **parts)
+        flooding.dataReceived(b"\x81" * (flooding.maxMessagePayloadSize + 100))
+        self.assertTrue(wire.disconnecting or getattr(wire, "aborted", False))
+
     def test_bad_handshakes_are_answered_as_autobahn_answers_them(self):
         """Each request RFC 6455 refuses is refused by relayd's check with the status Autobahn's parser gives it."""
         from relayd.web.upgrade import Refused, checked_upgrade

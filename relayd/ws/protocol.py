@@ -119,6 +119,9 @@ class RelaydProtocol(WebSocketServerProtocol):
             limit = self.maxMessagePayloadSize
             if limit and len(self.data) > limit + _FRAME_HEADER_MAX:
                 self.factory.metrics.protocol_error("message_too_big")
+                self._log.info("{app}: {peer} sent {size} bytes before its connection opened; dropping it",
+                               app=self.factory.app_name, peer=self.peer, size=len(self.data))
+                self.data = b""
                 self.dropConnection(abort=True)
         else:
             super().consumeData()
