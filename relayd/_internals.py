@@ -109,6 +109,8 @@ _PARSER_STATE = ("utf8validator", "_results", "_valid_events")
 # Autobahn's transport details (made in its __init__): read while the connection opens (the Twisted
 # adapter's _onOpen) and afterwards only by WAMP; once open the class's None stands in
 _OPENING_ONLY = ("_transport_details",)
+# all of them, and the send queue and traffic counters every connection shares from its class
+_DROPPED_ONCE_OPEN = frozenset(_HANDSHAKE_LEFTOVERS + _PARSER_STATE + _OPENING_ONLY + ("trafficStats", "send_queue"))
 
 # the flags Autobahn's _connectionMade sets on every connection, at the values it sets: left to the
 # class once the connection is open, and set on the connection again only when they change
@@ -151,8 +153,7 @@ def lean_after_open(protocol) -> None:
     """
     kept = {}
     for name, value in protocol.__dict__.items():
-        if (name in _HANDSHAKE_LEFTOVERS or name in _PARSER_STATE or name in _OPENING_ONLY
-                or name in ("trafficStats", "send_queue")):
+        if name in _DROPPED_ONCE_OPEN:
             continue
         if name in AUTOBAHN_DEFAULTS:
             default = AUTOBAHN_DEFAULTS[name]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+from itertools import groupby
 from typing import Any
 
 from twisted.enterprise import adbapi
@@ -257,17 +258,11 @@ class SqliteStore:
         def write(cursor):
             # runs of upserts and of deletes each in one executemany, in order: the loop over rows is
             # SQLite's, not Python's holding the interpreter lock the reactor thread waits for
-            start = 0
-            while start < len(rows):
-                deleting = rows[start][2] is _DELETE
-                end = start
-                while end < len(rows) and (rows[end][2] is _DELETE) == deleting:
-                    end += 1
+            for deleting, run in groupby(rows, key=lambda row: row[2] is _DELETE):
                 if deleting:
-                    cursor.executemany("DELETE FROM kv WHERE ns = ? AND key = ?", [row[:2] for row in rows[start:end]])
+                    cursor.executemany("DELETE FROM kv WHERE ns = ? AND key = ?", [row[:2] for row in run])
                 else:
-                    cursor.executemany(_UPSERT, rows[start:end])
-                start = end
+                    cursor.executemany(_UPSERT, run)
 
         self._writing = True
         self._pool.runInteraction(write).addBoth(self._written, batch)

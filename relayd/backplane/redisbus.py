@@ -36,20 +36,19 @@ _log = Logger()
 NODE_ID_BYTES = 8
 
 
-class _Commands(RedisProtocol):
+class _OneWritePerRead:
     def dataReceived(self, data, unpause=False):
-        # the replies of one read (clicker's scores, several at once) answer their callers, and what
-        # those send is written once per receiver, as for a WebSocket read
+        # what one read's replies or messages make their receivers send (clicker's scores, several at
+        # once; a broadcast from another node) is written once per receiver, as for a WebSocket read
         with BATCH:
             super().dataReceived(data, unpause)
 
 
-class _Subscriber(SubscriberProtocol):
-    def dataReceived(self, data, unpause=False):
-        # every message of this read reaches its receivers in one write each, as a WebSocket read's do
-        with BATCH:
-            super().dataReceived(data, unpause)
+class _Commands(_OneWritePerRead, RedisProtocol):
+    pass
 
+
+class _Subscriber(_OneWritePerRead, SubscriberProtocol):
     def messageReceived(self, pattern, channel, message):
         self.factory.link.on_message(channel, message)
 

@@ -92,6 +92,7 @@ class RelaydProtocol(WebSocketServerProtocol):
     _queued_bytes = 0
     _blocked = False
     _blocked_timer = None
+    _wskey = None  # the client's key, once its opening handshake is parsed (Autobahn sets it then)
 
     # ---- Autobahn entry points -------------------------------------------------------------
 
@@ -172,8 +173,6 @@ class RelaydProtocol(WebSocketServerProtocol):
         # Autobahn's own frames (close, ping, pong) must not overtake frames still gathered for us
         BATCH.flush_one(self)
         super().sendData(data, sync, chopsize)
-
-    _wskey = None  # the client's key, once its opening handshake is parsed
 
     def connectionMade(self):
         lean_connection_made(self)  # Autobahn's connectionMade without what relayd never reads

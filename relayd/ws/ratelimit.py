@@ -21,9 +21,6 @@ class Budget:
 
     def __init__(self, rate, now: float):
         self._stamp = now
-        self.rate = self.byte_rate = 0
-        self.burst = self.byte_burst = 0
-        self.messages = self.bytes = UNLIMITED
         self.use(rate, fill=True)
 
     def use(self, rate, fill: bool = False) -> None:

@@ -319,7 +319,7 @@ class GameRoom:
         return room_channel(room.id, self.node)
 
     def _broadcast(self, room: Room, frame: Frame) -> None:
-        self.bus.publish(room_channel(room.id, self.node), frame)
+        self.bus.publish(self.channel(room), frame)
 
     def _to_player(self, room: Room, pid: str, frame: Frame) -> None:
         self.bus.publish(player_channel(room.id, pid), frame)

@@ -62,11 +62,11 @@ class LocalRoomStore:
             yield self.store.put_many(entries)
         removed = []
         for room_id in deleted:
-            # a room's meta and progress say how long its log is: only its own chunks are touched
-            meta = merge_progress((yield self.store.get(META, room_id)) or {"players": []},
-                                  (yield self.store.get(PROGRESS, room_id)))
+            # a room's meta (chunk size) and progress (log length) say which chunks are its own
+            meta = (yield self.store.get(META, room_id)) or {}
+            progress = (yield self.store.get(PROGRESS, room_id)) or {}
             removed.extend([(META, room_id), (PROGRESS, room_id)])
-            removed.extend((LOG, key) for key in _chunk_keys(room_id, meta))
+            removed.extend((LOG, key) for key in _chunk_keys(room_id, {**meta, **progress}))
         if removed:
             yield self.store.delete_many(removed)
 
