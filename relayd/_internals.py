@@ -180,6 +180,7 @@ PROXY_HEADER_PROBE = 16
 
 # ---- Twisted: the listening port, pipelined request bytes, writing without a reactor pass -----------
 from twisted.internet import tcp as _tcp  # noqa: E402
+from twisted.internet.abstract import FileDescriptor as _FileDescriptor  # noqa: E402
 
 
 def listening_port(endpoint_service):
@@ -205,6 +206,20 @@ def can_write_now(transport) -> bool:
 
 
 _Server = _tcp.Server
+
+
+def buffered_bytes(transport) -> int:
+    """
+    Bytes waiting in Twisted's write buffer under a connection: of the socket's transport, found
+    below any wrapper (TLS, the PROXY header reader) by their `transport`; 0 where there is none.
+    """
+    for _ in range(4):
+        if isinstance(transport, _FileDescriptor):
+            return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+        transport = getattr(transport, "transport", None)
+        if transport is None:
+            return 0
+    return 0
 
 
 def split_writable(protocols, closed_state: int) -> tuple[list, list, list]:
@@ -308,3 +323,15 @@ def _refused(failure, protocol) -> None:
     else:  # RelaydProtocol.onConnect turns every error into ConnectionDeny; anything else is a bug
         _log.failure("opening a WebSocket failed", failure=failure)
         protocol.failHandshake("internal error", _ConnectionDeny.INTERNAL_SERVER_ERROR)
+
+
+def run_reactor_on(reactor, seconds) -> None:
+    """
+    The reactor's timers, timeouts and seconds() on relayd's clock (relayd.clock) instead of
+    time.time(). Twisted's reactor reads its clock only through the instance's seconds(): callLater
+    stamps each DelayedCall with it (and hands it the same function), and the loop's timeout and
+    runUntilCurrent compare against it. Installed before the service tree is built, so every timer
+    relayd makes is on one clock; a timer made earlier (there is none in a twistd start) is due at a
+    wall time, which the clock reads as within a few microseconds of.
+    """
+    reactor.seconds = seconds

@@ -47,6 +47,7 @@ class Listener(MultiService):
         self.site = RelaydSite(
             self.router, reactor=reactor, tracker=self.tracker, limits=limits, metrics=metrics,
             listener_name=config.name, trusted_proxies=config.trusted_proxies, proxies_only=endpoint.proxy_protocol,
+            send_buffer=config.send_buffer,
         )
         self.tls = ReloadableTLS(endpoint.tls) if endpoint.tls is not None else None
         factory = self.site if self.tls is None else _TLSFactory(self.tls, False, self.site)

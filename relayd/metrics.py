@@ -96,10 +96,27 @@ class Metrics:
             "relayd_bus_dropped", "Messages that never reached other nodes, by reason", ["reason"], registry=r
         )
         self.bus_queued = Gauge("relayd_bus_queued", "Messages waiting for the backplane connection", registry=r)
+        self.slow_consumers = Counter(
+            "relayd_slow_consumers",
+            "Connections closed 4008 for not reading, by reason: size (its own queue), age (stuck too long), "
+            "total (the process's send backlog bound), address (one address's share of it)",
+            ["app", "reason"], registry=r,
+        )
+        self.send_backlog = Gauge(
+            "relayd_send_backlog_bytes", "Bytes held for clients that do not read (each queued frame once)", registry=r
+        )
+        self.send_backlog_limit = Gauge(
+            "relayd_send_backlog_limit_bytes", "The process's bound on relayd_send_backlog_bytes (max_total_backlog)",
+            registry=r,
+        )
         self._rooms = _RoomsCollector()
         r.register(self._rooms)
         self._traffic = _TrafficCollector()
         r.register(self._traffic)
+
+    def watch_backlogs(self, backlogs) -> None:
+        self.send_backlog.set_function(lambda: backlogs.held)
+        self.send_backlog_limit.set(backlogs.total)
 
     def count_rooms(self, app: str, count: Callable[[], int]) -> None:
         self._rooms.sources[app] = count
@@ -132,6 +149,9 @@ class AppMetrics:
 
     def protocol_error(self, kind: str) -> None:
         self.parent.protocol_errors.labels(self.app, kind).inc()
+
+    def slow_consumer(self, reason: str) -> None:
+        self.parent.slow_consumers.labels(self.app, reason).inc()
 
     def dropped(self, reason: str, count: int = 1) -> None:
         self.parent.drops.labels(self.app, reason).inc(count)

@@ -27,6 +27,7 @@ from relayd.metrics import Metrics
 from relayd.store import SqliteStore
 from relayd.web.demo import demo_page
 from relayd.web.resources import AppMount, Health, Metrics as MetricsPage, Readiness
+from relayd.ws.backlog import Backlogs
 from relayd.ws.factory import RelaydFactory
 
 _log = Logger()
@@ -48,6 +49,9 @@ class RelaydService(MultiService):
         self.ready = False
         self.draining = False
         self.state_dir = config.daemon.state_dir
+        total, share = config.daemon.backlog_bounds()
+        self.backlogs = Backlogs(total, share)
+        self.metrics.watch_backlogs(self.backlogs)
         self.store = store if store is not None else self._open_store()
         self.listeners: dict[str, Listener] = {}
         for name, listener_config in config.listeners.items():
@@ -75,6 +79,7 @@ class RelaydService(MultiService):
                 factory = RelaydFactory(
                     protocol=app.protocol, app=app, app_name=name, limits=app_config.limits,
                     metrics=app_metrics, reactor=reactor, listener_name=listener_name, secure=listener.secure,
+                    backlogs=self.backlogs,
                 )
                 demo = demo_page(name) if app_config.demo else None
                 listener.router.mount(

@@ -16,6 +16,8 @@ import relayd
 from relayd import config as relayd_config
 from relayd.config import ConfigError
 from relayd.config.model import Config
+from relayd._internals import run_reactor_on
+from relayd.clock import SteadyClock
 from relayd.gcpolicy import CollectorPolicy
 
 
@@ -82,9 +84,13 @@ def makeService(options, reactor=None):
     from relayd.service import RelaydService
 
     loaded = options.loaded if hasattr(options, "loaded") else relayd_config.load(options["config"])
-    service = RelaydService(loaded, reactor=reactor, handle_signals=reactor is None)
     if reactor is None:
         from twisted.internet import reactor as running
+
+        # every timer and duration on a clock the system clock's steps do not move (relayd.clock)
+        run_reactor_on(running, SteadyClock().seconds)
+    service = RelaydService(loaded, reactor=reactor, handle_signals=reactor is None)
+    if reactor is None:
 
         # start-up's objects out of the collector's reach, full collections rarer (relayd.gcpolicy)
         CollectorPolicy(running).setServiceParent(service)

@@ -211,3 +211,189 @@ class SlowConsumerTests(TestCase):
         server.resumeProducing()
         h.flush()
         self.assertEqual(c.messages, ["0", "1", "2", "3", "4"])
+
+
+def _backlog_harness(daemon: str, limits: str = "") -> Harness:
+    from tests.support import BASE_INI
+
+    base = BASE_INI.replace("drain_timeout = 10\n", "drain_timeout = 10\n" + daemon)
+    return Harness(make_config(TESTEE, base=base, limits=limits)).start()
+
+
+class BacklogTests(TestCase):
+    """What connections hold together for clients that do not read (relayd.ws.backlog)."""
+
+    def _deaf(self, h, count: int):
+        clients = [h.ws("/echo") for _ in range(count)]
+        servers = h.service.listeners["main"].tracker.websockets()[-count:]
+        for server in servers:
+            server.pauseProducing()  # each transport is full: its peer stopped reading
+        return clients, servers
+
+    def test_trickling_reader_is_aged_out(self):
+        """A reader that drains a little now and then but keeps its queue above the low mark is closed at max_send_backlog_age, counted from when it fell behind."""
+        from relayd.ws.frames import Frame
+
+        h = harness(limits="max_send_backlog = 64K\nmax_send_backlog_age = 10\n")
+        c, server = h.ws("/echo"), h.service.listeners["main"].tracker.websockets()[-1]
+        server.pauseProducing()
+        for _ in range(40):
+            server.send_frame(Frame(b"y" * 1000))  # 40 KB queued, above the 8 KB low mark
+        # when it reads, Twisted's buffer takes one frame and is full again
+        write = server.transport.write
+        self.patch(server.transport, "write", lambda data: (write(data), server.pauseProducing()))
+        for _ in range(4):
+            h.advance(2.4)
+            server.resumeProducing()
+            server.send_frame(Frame(b"y" * 1000))
+        self.assertEqual(server.state, server.STATE_OPEN)
+        h.advance(1)
+        self.assertEqual(server.localCloseCode, closecodes.SLOW_CONSUMER)
+        self.assertEqual(self._slow(h, "age"), 1)
+
+    def test_reader_that_catches_up_is_aged_from_its_next_block(self):
+        """A reader whose queue drains below the low mark starts a new age when it blocks again."""
+        from relayd.ws.frames import Frame
+
+        h = harness(limits="max_send_backlog = 64K\nmax_send_backlog_age = 10\n")
+        c, server = h.ws("/echo"), h.service.listeners["main"].tracker.websockets()[-1]
+        server.pauseProducing()
+        for _ in range(40):
+            server.send_frame(Frame(b"y" * 1000))
+        h.advance(9)
+        server.resumeProducing()  # everything written: it caught up
+        server.pauseProducing()
+        h.advance(9)
+        self.assertEqual(server.state, server.STATE_OPEN)
+        h.advance(2)
+        self.assertEqual(server.localCloseCode, closecodes.SLOW_CONSUMER)
+
+    def _slow(self, h, reason: str) -> float:
+        value = h.service.metrics.registry.get_sample_value(
+            "relayd_slow_consumers_total", {"app": "testee", "reason": reason})
+        return value or 0
+
+    def test_total_bound_closes_the_largest_holders(self):
+        """Past max_total_backlog the connections holding the most are closed 4008, largest first, until the total fits; smaller holders and readers stay."""
+        from relayd.ws.frames import Frame
+
+        h = _backlog_harness("max_total_backlog = 1000K\nmax_backlog_per_address = 0\n",
+                             limits="max_send_backlog = 8M\n")
+        clients, servers = self._deaf(h, 3)
+        reader = h.ws("/echo")
+        big, middle, small = servers
+        size = len(Frame(b"x" * 100_000))
+        for _ in range(6):
+            big.send_frame(Frame(b"b" * 100_000))
+        for _ in range(3):
+            middle.send_frame(Frame(b"m" * 100_000))
+        small.send_frame(Frame(b"s" * 100_000))
+        self.assertEqual(h.service.backlogs.held, 10 * size)  # 1,000,100 bytes: under 1000K
+        self.assertTrue(all(s.state == s.STATE_OPEN for s in servers))
+        middle.send_frame(Frame(b"m" * 100_000))  # over by one frame
+        self.assertEqual(big.localCloseCode, closecodes.SLOW_CONSUMER)
+        self.assertEqual(middle.state, middle.STATE_OPEN)
+        self.assertEqual(small.state, small.STATE_OPEN)
+        self.assertEqual(h.service.backlogs.held, 5 * size)
+        self.assertEqual(self._slow(h, "total"), 1)
+        reader.send_text("unaffected")
+        h.flush()
+        self.assertEqual(reader.messages, ["unaffected"])
+
+    def test_a_broadcast_frame_counts_once(self):
+        """One frame queued for many deaf receivers is held once, and counted once against the total."""
+        from relayd.ws.frames import Frame
+
+        h = _backlog_harness("max_total_backlog = 1M\nmax_backlog_per_address = 0\n",
+                             limits="max_send_backlog = 8M\n")
+        clients, servers = self._deaf(h, 20)
+        frames = [Frame(b"z" * 100_000) for _ in range(5)]
+        for frame in frames:
+            for server in servers:
+                server.send_frame(frame)
+        # 20 connections x 500 KB queued each, 500 KB held: nobody is over the 1 MB bound
+        self.assertEqual(h.service.backlogs.held, sum(len(f) for f in frames))
+        self.assertTrue(all(s.state == s.STATE_OPEN for s in servers))
+        for server in servers[:10]:
+            server.dropConnection(abort=True)
+        h.flush()
+        self.assertEqual(h.service.backlogs.held, sum(len(f) for f in frames))
+        for server in servers[10:]:
+            server.dropConnection(abort=True)
+        h.flush()
+        self.assertEqual(h.service.backlogs.held, 0)
+        self.assertEqual(h.service.backlogs.holders, set())
+
+    def test_one_address_share(self):
+        """Past max_backlog_per_address, that address's largest holders are closed; another address's are not."""
+        from relayd.ws.frames import Frame
+
+        h = _backlog_harness("max_total_backlog = 64M\nmax_backlog_per_address = 300K\n",
+                             limits="max_send_backlog = 8M\n")
+        clients, servers = self._deaf(h, 3)
+        a1, a2, b1 = servers
+        a1.client_address = a2.client_address = "192.0.2.1"
+        b1.client_address = "192.0.2.2"
+        for _ in range(3):
+            b1.send_frame(Frame(b"b" * 100_000))  # 300 KB at .2: at its share, not over
+        a1.send_frame(Frame(b"a" * 100_000))
+        a1.send_frame(Frame(b"a" * 100_000))
+        a2.send_frame(Frame(b"a" * 100_000))
+        self.assertTrue(all(s.state == s.STATE_OPEN for s in servers))
+        a2.send_frame(Frame(b"a" * 100_000))  # .1 holds 400 KB: its largest is a1 (200 KB, first)
+        self.assertEqual(a1.localCloseCode, closecodes.SLOW_CONSUMER)
+        self.assertEqual(a2.state, a2.STATE_OPEN)
+        self.assertEqual(b1.state, b1.STATE_OPEN)
+        self.assertEqual(self._slow(h, "address"), 1)
+
+    def test_bytes_in_twisteds_buffer_count(self):
+        """What a connection left in Twisted's write buffer when it was paused counts for it until it resumes or closes."""
+        from relayd.ws import protocol
+
+        h = _backlog_harness("max_total_backlog = 64M\n")
+        c, server = h.ws("/echo"), h.service.listeners["main"].tracker.websockets()[-1]
+        self.patch(protocol, "buffered_bytes", lambda transport: 5000)  # what Twisted holds for it
+        server.pauseProducing()
+        self.assertEqual(h.service.backlogs.held, 5000)
+        self.assertEqual(server.backlog_held, 5000)
+        server.resumeProducing()
+        self.assertEqual(h.service.backlogs.held, 0)
+        server.pauseProducing()
+        server.dropConnection(abort=True)
+        h.flush()
+        self.assertEqual(h.service.backlogs.held, 0)
+
+    def test_buffered_bytes_reads_below_wrappers(self):
+        """Twisted's buffer is read off the socket's transport, below a wrapper such as TLS or the PROXY reader."""
+        from twisted.internet.abstract import FileDescriptor
+        from twisted.internet.testing import MemoryReactor
+        from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+
+        socket_transport = FileDescriptor(MemoryReactor())
+        socket_transport.connected = 1
+        socket_transport.write(b"x" * 5000)
+        self.assertEqual(_buffered(socket_transport), 5000)
+        from twisted.internet.protocol import Protocol
+
+        wrapper = ProtocolWrapper(WrappingFactory(None), Protocol())
+        wrapper.makeConnection(socket_transport)
+        self.assertEqual(_buffered(wrapper), 5000)
+        self.assertEqual(_buffered(object()), 0)
+
+    def test_frame_held_once(self):
+        """A frame whose wire bytes are built keeps no second copy of its payload, and still reads it back."""
+        from relayd.ws.frames import Frame
+
+        payload = b"p" * 70_000
+        frame = Frame(payload, True)
+        self.assertEqual(frame.payload, payload)
+        wire = frame.wire
+        self.assertIsNone(frame._payload)
+        self.assertEqual(frame.payload, payload)
+        self.assertEqual(len(wire), 70_000 + 10)
+
+
+def _buffered(transport) -> int:
+    from relayd._internals import buffered_bytes
+
+    return buffered_bytes(transport)

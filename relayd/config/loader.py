@@ -121,6 +121,7 @@ def from_parser(path: str, parser: configparser.ConfigParser) -> Config:
             max_connections=opts["max_connections"],
             max_connections_per_address=opts["max_connections_per_address"],
             trusted_proxies=opts["trusted_proxies"],
+            send_buffer=opts["send_buffer"],
         )
 
     apps: dict[str, AppConfig] = {}

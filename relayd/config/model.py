@@ -16,6 +16,7 @@ from relayd.config.schema import (
     nonempty,
     number,
     size,
+    size_or_auto,
     text,
     words,
 )
@@ -26,6 +27,8 @@ DAEMON_OPTIONS: dict[str, Option] = {
     "log_format": Option(choice("text", "json"), "text", "Log output: text lines, or one JSON object per line."),
     "log_level": Option(choice("debug", "info", "warn", "error", "critical"), "info", "Lowest level logged."),
     "drain_timeout": Option(number(0, 3600), 10.0, "Seconds a stop waits for WebSockets to close after close 1001."),
+    "max_total_backlog": Option(size_or_auto(64 * 1024), None, "Bytes the whole process may hold for clients that do not read; past it the largest holders are closed 4008. auto: 1/32 of the machine's memory, 64M to 1G."),
+    "max_backlog_per_address": Option(size_or_auto(0), None, "Bytes one client address's connections may hold together; past it that address's largest holders are closed 4008. auto: a quarter of max_total_backlog; 0: no share."),
 }
 
 LIMIT_OPTIONS: dict[str, Option] = {
@@ -57,6 +60,7 @@ LISTENER_OPTIONS: dict[str, Option] = {
     "max_connections": Option(integer(1), 10000, "Open connections this listener accepts at once."),
     "max_connections_per_address": Option(integer(0), 256, "Open connections from one client address; 0 for no limit."),
     "trusted_proxies": Option(networks, (), "Addresses and CIDRs of reverse proxies whose X-Forwarded-For and PROXY protocol header are believed."),
+    "send_buffer": Option(size(0, 64 * 1024 * 1024), 256 * 1024, "Kernel send buffer (SO_SNDBUF) of each accepted connection: what a client that does not read pins in the kernel; 0 leaves the kernel's auto-tuning."),
 }
 
 # a [limits] key that no longer exists, and what replaced it: named in the error instead of "unknown key"
@@ -90,6 +94,16 @@ class DaemonConfig:
     log_format: str
     log_level: str
     drain_timeout: float
+    max_total_backlog: int | None = None  # None: auto (relayd.ws.backlog.default_total)
+    max_backlog_per_address: int | None = None  # None: a quarter of the total
+
+    def backlog_bounds(self) -> tuple[int, int]:
+        """The process's send backlog bound and one address's share, auto resolved for this machine."""
+        from relayd.ws.backlog import default_total
+
+        total = self.max_total_backlog if self.max_total_backlog is not None else default_total()
+        share = self.max_backlog_per_address if self.max_backlog_per_address is not None else total // 4
+        return total, share
 
 
 @attr.s(frozen=True, auto_attribs=True)
@@ -146,6 +160,7 @@ class ListenerConfig:
     max_connections: int = 10000
     max_connections_per_address: int = 256
     trusted_proxies: tuple = ()  # ipaddress networks
+    send_buffer: int = 256 * 1024
 
 
 @attr.s(frozen=True, auto_attribs=True)

@@ -102,6 +102,18 @@ def size(minimum: int = 0, maximum: int | None = None) -> Callable[[str], int]:
     return parse
 
 
+def size_or_auto(minimum: int = 0) -> Callable[[str], int | None]:
+    """A byte count as size() reads it, or `auto` (None): the daemon sizes it for the machine."""
+    parse_size = size(minimum)
+
+    def parse(text: str) -> int | None:
+        if text.strip().lower() == "auto":
+            return None
+        return parse_size(text)
+
+    return parse
+
+
 _TRUE = {"1", "yes", "true", "on"}
 _FALSE = {"0", "no", "false", "off"}
 

@@ -12,6 +12,7 @@ The twisted.web Site of one listener, hardened for the open internet.
 
 from __future__ import annotations
 
+import socket
 from io import BytesIO
 
 from twisted.logger import Logger
@@ -31,6 +32,8 @@ class RelaydChannel(http.HTTPChannel):
 
     def connectionMade(self):
         super().connectionMade()
+        if self.site.send_buffer:
+            _bound_send_buffer(self.transport, self.site.send_buffer)
         self._arm_head_deadline()
 
     def _arm_head_deadline(self):
@@ -85,6 +88,14 @@ class RelaydChannel(http.HTTPChannel):
             self.slot.release()
             self.slot = None
         super().connectionLost(reason)
+
+
+def _bound_send_buffer(transport, size: int) -> None:
+    # a client that never reads pins the kernel's send buffer; auto-tuning grows it to megabytes
+    try:
+        transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+    except (AttributeError, OSError):
+        pass  # not a socket (a test's transport, a UNIX pipe): nothing to bound
 
 
 def _peer(transport) -> str:
@@ -148,7 +159,7 @@ class RelaydSite(server.Site):
     displayTracebacks = False
 
     def __init__(self, resource, *, reactor, tracker: ConnectionTracker, limits, metrics, listener_name: str,
-                 trusted_proxies: tuple = (), proxies_only: bool = False):
+                 trusted_proxies: tuple = (), proxies_only: bool = False, send_buffer: int = 0):
         super().__init__(resource, reactor=reactor, timeout=HTTP_IDLE_TIMEOUT)
         self.tracker = tracker
         self.trusted_proxies = trusted_proxies
@@ -156,6 +167,7 @@ class RelaydSite(server.Site):
         self.limits = limits
         self.metrics = metrics
         self.listener_name = listener_name
+        self.send_buffer = send_buffer
         self.noisy = False
 
     def buildProtocol(self, addr):

@@ -6,6 +6,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory
 
 from relayd.config.model import Limits
 from relayd.metrics import AppMetrics
+from relayd.ws.backlog import Backlogs, default_total
 from relayd.ws.keepalive import Keepalive
 from relayd._internals import install_clock, protocol_with_options, quiet_debug_formatting
 from relayd.ws.origin import OriginPolicy
@@ -23,6 +24,7 @@ class RelaydFactory(WebSocketServerFactory):
         reactor,
         listener_name: str = "",
         secure: bool = False,
+        backlogs: Backlogs | None = None,
     ):
         super().__init__(reactor=reactor, server="relayd")
         self.protocol = protocol
@@ -32,6 +34,8 @@ class RelaydFactory(WebSocketServerFactory):
         self.metrics = metrics
         self.listener_name = listener_name
         self.isSecure = secure
+        # the process's (RelaydService); a factory made alone bounds only its own connections
+        self.backlogs = backlogs if backlogs is not None else Backlogs(default_total(), 0)
         self.origins = OriginPolicy(limits.allowed_origins)
         install_clock(self, reactor)
         self.setProtocolOptions(

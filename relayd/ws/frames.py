@@ -24,12 +24,21 @@ def _header(length: int, is_binary: bool) -> bytes:
 
 
 class Frame:
-    __slots__ = ("payload", "is_binary", "_wire")
+    """
+    One outbound message. Once its wire bytes are built the payload is not kept beside them (a
+    queued 1 MiB frame would otherwise be held twice); `payload` is then read back out of the wire.
+    `queued` counts the send queues holding it, so the process-wide backlog counts it once
+    (relayd.ws.backlog).
+    """
+
+    __slots__ = ("_payload", "is_binary", "_wire", "_start", "queued")
 
     def __init__(self, payload: bytes, is_binary: bool = False):
-        self.payload = payload
+        self._payload = payload
         self.is_binary = is_binary
         self._wire: bytes | None = None
+        self._start = 0
+        self.queued = 0
 
     @classmethod
     def text(cls, text: str) -> "Frame":
@@ -40,10 +49,20 @@ class Frame:
         return cls(jsonutil.dumps(value), False)
 
     @property
+    def payload(self) -> bytes:
+        if self._wire is None:
+            return self._payload
+        return self._wire[self._start:]
+
+    @property
     def wire(self) -> bytes:
         """The complete single-fragment frame as written to the socket."""
         if self._wire is None:
-            self._wire = _header(len(self.payload), self.is_binary) + self.payload
+            payload = self._payload
+            header = _header(len(payload), self.is_binary)
+            self._wire = header + payload
+            self._start = len(header)
+            self._payload = None
         return self._wire
 
     def __len__(self) -> int:

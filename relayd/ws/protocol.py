@@ -9,9 +9,12 @@ a Runner drives; the protocol itself holds none.
 
 Outbound flow control: the connection registers itself as the transport's streaming producer. While
 the transport's buffer is full (the peer is not reading), frames wait in a per-connection queue
-instead of the transport; the queue is bounded by bytes (max_send_backlog) and by how long the
-transport has stayed blocked (max_send_backlog_age). Past either bound the connection is closed
-with SLOW_CONSUMER and aborted, so one stuck reader costs bounded memory and never delays others.
+instead of the transport; the queue is bounded by bytes (max_send_backlog) and by time: a connection
+whose transport stays blocked, or whose queue stays above an eighth of max_send_backlog however much
+it reads now and then, for max_send_backlog_age seconds is closed. Past either bound, or when the
+process's backlogs shed it (relayd.ws.backlog: the process's and one address's share), the
+connection is closed with SLOW_CONSUMER and aborted, so stuck readers cost bounded memory and never
+delay others.
 
 An app's protocol subclass names its session_class and, where the protocol needs it, parses the
 upgrade request in connecting(request) and passes what it found to the session in make_session().
@@ -28,7 +31,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from relayd._internals import lean_after_open, lean_connection_made
+from relayd._internals import buffered_bytes, lean_after_open, lean_connection_made
 from relayd.config.model import Rate
 from relayd.errors import ProtocolError
 from relayd.session import IConnection, Runner
@@ -91,7 +94,10 @@ class RelaydProtocol(WebSocketServerProtocol):
     _queue: deque | None = None
     _queued_bytes = 0
     _blocked = False
-    _blocked_timer = None
+    _blocked_timer = None  # closes the connection once it has been stuck for max_send_backlog_age
+    _in_transport = 0  # bytes in Twisted's buffer when the transport paused us
+    backlog_held = 0  # what relayd.ws.backlog counts for this connection
+    backlog_key = None  # the address it counts against there
     _wskey = None  # the client's key, once its opening handshake is parsed (Autobahn sets it then)
 
     # ---- Autobahn entry points -------------------------------------------------------------
@@ -102,11 +108,16 @@ class RelaydProtocol(WebSocketServerProtocol):
         # Autobahn's dataReceived formats a debug log line per read, even with debug logging off;
         # frames this read produces for any receiver are written together once it is handled
         self.heard = True
-        with BATCH:
-            if self.reader is not None:
-                self._frames(data)
-            else:
-                self._dataReceived(data)  # the opening handshake is Autobahn's
+        backlogs = self._backlogs
+        backlogs.reading = self  # a sender is not shed for what its own broadcast queues at others
+        try:
+            with BATCH:
+                if self.reader is not None:
+                    self._frames(data)
+                else:
+                    self._dataReceived(data)  # the opening handshake is Autobahn's
+        finally:
+            backlogs.reading = None
 
     def consumeData(self):
         # Autobahn calls this with what it buffered, also right after the handshake with any bytes
@@ -179,6 +190,7 @@ class RelaydProtocol(WebSocketServerProtocol):
         factory = self.factory
         self._metrics = factory.metrics
         self._clock = factory.reactor
+        self._backlogs = factory.backlogs
         self._budget = Budget(factory.limits.rate(), self._clock.seconds())
         try:
             self.transport.unregisterProducer()
@@ -255,9 +267,7 @@ class RelaydProtocol(WebSocketServerProtocol):
             if call is not None:
                 call.cancel()
                 setattr(self, name, None)
-        self._queue = None
-        self._latest = None
-        self._queued_bytes = 0
+        self._drop_queue()
         if self.factory.keepalive is not None:
             self.factory.keepalive.forget(self)
         if self.slot is not None:
@@ -339,21 +349,32 @@ class RelaydProtocol(WebSocketServerProtocol):
         if self.state != _OPEN:
             return
         if self._blocked or self._queue:
+            backlogs = self._backlogs
             if latest is not None:
                 held = self._latest.get(latest) if self._latest else None
                 if held is not None:
                     self._queued_bytes += len(frame) - len(held.frame)
+                    backlogs.dequeued(self, held.frame)
                     held.frame = frame
+                    backlogs.queued(self, frame)
                     return
                 if self._latest is None:
                     self._latest = {}
-                frame = self._latest[latest] = _Latest(frame, latest)
+                queued = self._latest[latest] = _Latest(frame, latest)
+            else:
+                queued = frame
             if self._queue is None:
                 self._queue = deque()
-            self._queue.append(frame)
+            self._queue.append(queued)
             self._queued_bytes += len(frame)
-            if self._queued_bytes > self.factory.limits.max_send_backlog:
+            backlogs.queued(self, frame)  # may shed this connection, with others, when a bound is passed
+            if self._queue is None:
+                return
+            limits = self.factory.limits
+            if self._queued_bytes > limits.max_send_backlog:
                 self._slow_consumer("size")
+            elif self._blocked_timer is None and self._queued_bytes > limits.max_send_backlog // 8:
+                self._arm_blocked_timer()
             return
         self._write(frame)
 
@@ -403,30 +424,62 @@ class RelaydProtocol(WebSocketServerProtocol):
     def pauseProducing(self):
         if not self._blocked:
             self._blocked = True
-            self._blocked_timer = self._clock.callLater(
-                self.factory.limits.max_send_backlog_age, self._slow_consumer, "age"
-            )
+            if self._blocked_timer is None:
+                self._arm_blocked_timer()
+            if self.transport is not None:
+                held = self._in_transport = buffered_bytes(self.transport)
+                if held:
+                    self._backlogs.buffered(self, held)
 
     def resumeProducing(self):
         if not self._blocked:
             return
         self._blocked = False
-        self._cancel_blocked_timer()
+        if self._in_transport:
+            self._backlogs.buffered(self, -self._in_transport)
+            self._in_transport = 0
         queue = self._queue
+        backlogs = self._backlogs
         # writing may block the transport again, which calls pauseProducing and stops this loop
         while queue and not self._blocked and self.state == _OPEN:
             frame = queue.popleft()
-            self._queued_bytes -= len(frame)
             if type(frame) is _Latest:
                 del self._latest[frame.key]
                 frame = frame.frame
+            self._queued_bytes -= len(frame)
+            backlogs.dequeued(self, frame)
             self._write(frame)
+        if self._blocked and self._queued_bytes > self.factory.limits.max_send_backlog // 8:
+            return  # it read a little and holds as much as before: its age goes on from when it began
+        # it caught up (or is at least below the low mark): a new block is aged from now
+        self._cancel_blocked_timer()
+        if self._blocked:
+            self._arm_blocked_timer()
 
     def stopProducing(self):
         self._cancel_blocked_timer()
-        self._queue = None
+        self._drop_queue()
+
+    def _arm_blocked_timer(self):
+        self._blocked_timer = self._clock.callLater(
+            self.factory.limits.max_send_backlog_age, self._slow_consumer, "age"
+        )
+
+    def _drop_queue(self):
+        queue, self._queue = self._queue, None
         self._latest = None
         self._queued_bytes = 0
+        backlogs = self._backlogs
+        if queue:
+            for frame in queue:
+                backlogs.dequeued(self, frame.frame if type(frame) is _Latest else frame)
+        if self._in_transport:
+            backlogs.buffered(self, -self._in_transport)
+            self._in_transport = 0
+
+    def shed(self, why: str) -> None:
+        """The process's backlogs are over a bound and this connection holds the most (relayd.ws.backlog)."""
+        self._slow_consumer(why)
 
     def _cancel_blocked_timer(self):
         timer, self._blocked_timer = getattr(self, "_blocked_timer", None), None
@@ -438,13 +491,12 @@ class RelaydProtocol(WebSocketServerProtocol):
         if self.state != _OPEN:
             return
         self.factory.metrics.protocol_error("slow_consumer")
+        self.factory.metrics.slow_consumer(why)
         self._log.info(
-            "{app}: disconnecting slow consumer {peer} ({why}, {queued} bytes queued)",
-            app=self.factory.app_name, peer=self.peer, why=why, queued=self._queued_bytes,
+            "{app}: disconnecting slow consumer {peer} ({why}, {queued} bytes held)",
+            app=self.factory.app_name, peer=self.peer, why=why, queued=self.backlog_held,
         )
-        self._queue = None
-        self._latest = None
-        self._queued_bytes = 0
+        self._drop_queue()
         self.close(closecodes.SLOW_CONSUMER, "slow consumer: send backlog exceeded")
         # the peer is not reading, so its close frame would never come: do not wait for it
         self.dropConnection(abort=True)
