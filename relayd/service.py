@@ -23,7 +23,9 @@ from relayd.bus import MemoryBus
 from relayd.config.model import Config
 from relayd.listener import Listener, StartupError
 from relayd.logs import make_observer
+from relayd.memory import GiveBack
 from relayd.metrics import Metrics
+from relayd.periodic import Periodic
 from relayd.store import SqliteStore
 from relayd.web.demo import demo_page
 from relayd.web.resources import AppMount, Health, Metrics as MetricsPage, Readiness
@@ -52,6 +54,8 @@ class RelaydService(MultiService):
         total, share = config.daemon.backlog_bounds()
         self.backlogs = Backlogs(total, share)
         self.metrics.watch_backlogs(self.backlogs)
+        # what deaf readers held goes back to the system once they are closed (relayd.memory)
+        Periodic("give memory back", 5.0, GiveBack(self.backlogs), clock=reactor, now=False).setServiceParent(self)
         self.store = store if store is not None else self._open_store()
         self.listeners: dict[str, Listener] = {}
         for name, listener_config in config.listeners.items():

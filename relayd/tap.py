@@ -19,6 +19,7 @@ from relayd.config.model import Config
 from relayd._internals import run_reactor_on
 from relayd.clock import SteadyClock
 from relayd.gcpolicy import CollectorPolicy
+from relayd.memory import tune_allocator
 
 
 class Options(usage.Options):
@@ -89,6 +90,8 @@ def makeService(options, reactor=None):
 
         # every timer and duration on a clock the system clock's steps do not move (relayd.clock)
         run_reactor_on(running, SteadyClock().seconds)
+        # large buffers mmapped and unmapped when freed, so RSS falls after an attack (relayd.memory)
+        tune_allocator()
     service = RelaydService(loaded, reactor=reactor, handle_signals=reactor is None)
     if reactor is None:
 

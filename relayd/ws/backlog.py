@@ -50,7 +50,7 @@ class Backlogs:
         self.held = 0  # bytes held, each frame once
         self.holders: set = set()  # connections holding anything
         self.by_address: Counter = Counter()  # address key -> what its connections hold
-        self.released = 0  # bytes let go since the last look (relayd.memory gives memory back after)
+        self.released = 0  # bytes let go since relayd.memory last gave memory back
         self.reading = None  # the connection whose read is being handled now
         self._on_shed = on_shed  # (connection, why) -> None: closes the connection as a slow consumer
 
@@ -113,7 +113,3 @@ class Backlogs:
                 self._on_shed(connection, why)
             else:
                 connection.shed(why)
-
-    def take_released(self) -> int:
-        released, self.released = self.released, 0
-        return released
