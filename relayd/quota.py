@@ -53,17 +53,12 @@ class AddressQuota:
         bucket[0] -= cost
         return True
 
-    def has(self, address: str, cost: int = 1) -> bool:
-        """Whether take(address, cost) would succeed now, spending nothing."""
-        if self.limit <= 0:
-            return True
-        bucket = self._buckets.get(address_key(address))
-        if bucket is None:
-            return cost <= self.limit
-        return min(float(self.limit), bucket[0] + (self.clock.seconds() - bucket[1]) * self._rate) >= cost
-
     def give_back(self, address: str, cost: int = 1) -> None:
-        """Undo a take whose creation did not happen after all."""
+        """
+        Undo a take whose creation did not happen after all. A quota is a reservation: taken before
+        any asynchronous step of what it pays for and given back if that fails, never checked first
+        and spent after (requests in flight together would each pass the check).
+        """
         bucket = self._buckets.get(address_key(address))
         if bucket is not None:
             bucket[0] = min(float(self.limit), bucket[0] + cost)

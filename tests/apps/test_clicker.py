@@ -413,6 +413,29 @@ class IdentityBoundsTests(TestCase):
         h.flush()
         self.assertTrue(other.take()[0].startswith("REGISTERED "))
 
+    def test_registrations_in_flight_cannot_overdraw_the_quota(self):
+        """Sixteen REGISTERs from one address in flight together (the store slow to answer) mint as many identities as the quota holds, no more; a failed write gives its token back."""
+        store = SlowStore()
+        h = Harness(make_config(APP + "registrations_per_address = 3\nregistration_window = 3600\n"), store=store).start()
+        devices = [h.ws("/clicker/ws") for _ in range(16)]
+        for d in devices:
+            d.send_text("REGISTER")
+        h.flush()
+        self.assertEqual(len(store.pending), 3)  # only three identities were even written
+        store.fail(1)
+        store.release()
+        h.flush()
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)  # that device is closed 1011
+        replies = [d.take()[0].split(" ")[0] for d in devices if d.messages]
+        self.assertEqual(replies.count("REGISTERED"), 2)
+        self.assertEqual(replies.count("ERROR"), 13)
+        late = h.ws("/clicker/ws")
+        late.send_text("REGISTER")  # the failed write's token is back
+        h.flush()
+        store.release()
+        h.flush()
+        self.assertTrue(late.take()[0].startswith("REGISTERED "))
+
     def test_listen_quota_per_address(self):
         """Following more ids than listen_ids_per_address from one address is refused with ERROR quota."""
         h = Harness(make_config(APP.replace("max_listen_ids = 5", "max_listen_ids = 100")

@@ -740,3 +740,39 @@ class HashTurnTests(TestCase):
             error = seat.ws.json_messages()[-1]
             self.assertEqual(error["error"], "malformed_packet")
             self.assertIn(words, error["message"])
+
+
+class AnonymousRoomBoundsTests(TestCase):
+    """One address cannot hold gameroom's rooms: a cap on its live rooms, and archives that make way."""
+
+    def _anonymous(self, extra: str) -> Harness:
+        return Harness(make_config(APP.format(token="", extra=extra))).start()
+
+    def _create(self, h):
+        body = json.dumps({"engine": "counter@1", "seed": 7, "players": 2}).encode()
+        return h.http("POST", "/gameroom/create", body)[0]
+
+    def test_live_rooms_per_address(self):
+        """Past rooms_per_address live rooms, an address's creates answer 429 (its create quota not spent); a room of its that is abandoned frees a place."""
+        h = self._anonymous("rooms_per_address = 3\ncreates_per_address = 4\ncreate_window = 3600\nunjoined_timeout = 60\n")
+        for _ in range(3):
+            self.assertEqual(self._create(h), 201)
+        for _ in range(5):
+            self.assertEqual(self._create(h), 429)
+        app = h.app("gameroom")
+        self.assertEqual(len(app.core.rooms), 3)
+        h.advance(61)  # nobody joined: abandoned, an archive now
+        self.assertEqual(self._create(h), 201)
+
+    def test_finished_archives_make_way_at_max_rooms(self):
+        """At max_rooms the oldest finished (or abandoned) room is deleted for a new one; only when every room is live is a create refused 503."""
+        h = self._anonymous("rooms_per_address = 0\ncreates_per_address = 0\nmax_rooms = 3\nunjoined_timeout = 60\n")
+        for _ in range(3):
+            self.assertEqual(self._create(h), 201)
+        self.assertEqual(self._create(h), 503)  # all three are live
+        h.advance(61)  # abandoned: archives now
+        core = h.app("gameroom").core
+        oldest = min(core.rooms.values(), key=lambda r: r.ended).id
+        self.assertEqual(self._create(h), 201)
+        self.assertNotIn(oldest, core.rooms)
+        self.assertEqual(len(core.rooms), 3)

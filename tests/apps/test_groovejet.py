@@ -487,6 +487,21 @@ class AnonymousRoomTests(TestCase):
         h.advance(20)  # a third of the window gives one room back
         post_room(h)
 
+    def test_a_create_refused_for_capacity_gives_the_quota_back(self):
+        """A create refused because the node is full does not spend its address's quota: the address may create once there is room."""
+        h = Harness(make_config(APP.replace("max_rooms = 50", "max_rooms = 1").format(
+            extra="rooms_per_address = 2\ncreate_window = 3600"))).start()
+        post_room(h)
+        for _ in range(3):
+            self.assertEqual(h.http("POST", "/groovejet/rooms")[0], 503)
+            host = h.ws("/groovejet")
+            host.send_json({"type": "createRoom"})
+            h.flush()
+            self.assertEqual(last(host)["errorType"], "tooManyRooms")
+        app = h.app("groovejet")
+        app.core.rooms.clear()  # the room is gone
+        post_room(h)  # the second of the address's two
+
     def test_room_nobody_took_expires_within_seconds(self):
         """A created room whose host never connects is gone after unclaimed_expiry; a claimed one stays."""
         h = harness()

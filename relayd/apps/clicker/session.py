@@ -93,10 +93,18 @@ class ClickerSession:
     def _register(self, secret: str | None):
         app = self.app
         address = self.conn.client_address or "unknown"
-        # known devices register freely; minting a new identity spends the address's quota
-        device, secret, minted = yield app.state.identify(secret, may_mint=app.registrations.has(address))
-        if minted:
-            app.registrations.take(address)
+        # known devices register freely; minting a new identity spends the address's quota, taken
+        # before the store is asked (registrations in flight together cannot overdraw it) and given
+        # back when no identity was minted after all
+        reserved = app.registrations.take(address)
+        try:
+            device, secret, minted = yield app.state.identify(secret, may_mint=reserved)
+        except BaseException:
+            if reserved:
+                app.registrations.give_back(address)
+            raise
+        if reserved and not minted:
+            app.registrations.give_back(address)
         if not self.conn.still_open():
             return
         previous, was_connected = yield app.state.attach(device, self)

@@ -44,7 +44,7 @@ from relayd.apps.gameroom.roomstore import LocalRoomStore
 from relayd.apps.gameroom.scheduler import TickScheduler
 from relayd.apps.gameroom.session import GameRoomSession
 from relayd.errors import ProtocolError
-from relayd.quota import AddressQuota
+from relayd.quota import AddressQuota, address_key
 from relayd.web.endpoint import JSONEndpoint
 from relayd.ws._writes import BATCH
 from relayd.web.gameroom import client_script, client_types
@@ -115,23 +115,27 @@ class Create(JSONEndpoint):
         if anonymous and not app.create_quota.take(client):
             return self.over_quota(request, app.create_quota, client, "rooms created from this address")
         try:
-            room = app.core.create(jsonutil.loads(body), app.reactor.seconds(), anonymous=anonymous)
+            room = app.core.create(jsonutil.loads(body), app.reactor.seconds(), anonymous=anonymous,
+                                   creator=address_key(client) if anonymous else None)
         except (jsonutil.BadJSON, ProtocolError) as e:
             if anonymous:
                 app.create_quota.give_back(client)
             if isinstance(e, jsonutil.BadJSON):
                 return self.answer(request, 400, {"error": f"not JSON: {e}"})
-            return self.answer(request, 503 if e.kind == "too_many_rooms" else 400, {"error": e.message})
+            status = {"too_many_rooms": 503, "too_many_rooms_from_address": 429}.get(e.kind, 400)
+            return self.answer(request, status, {"error": e.message})
         if self.app.placement is None:
             return self._created(request, room)
         # several nodes: the room is this node's once its lease is
         return _later(request, self.app.placement.claim(room.id).addCallbacks(
-            lambda held: self._created(request, room) if held else self._refused(request, room, "room id in use"),
-            lambda failure: self._refused(request, room, failure.getErrorMessage()),
+            lambda held: self._created(request, room) if held else self._refused(request, room, "room id in use", client),
+            lambda failure: self._refused(request, room, failure.getErrorMessage(), client),
         ))
 
-    def _refused(self, request, room, why: str) -> bytes:
+    def _refused(self, request, room, why: str, client: str | None) -> bytes:
         self.app.core.drop(room.id)
+        if client is not None:
+            self.app.create_quota.give_back(client)  # no room was made: the create is not spent
         _log.warn("gameroom: room {room} not created: {why}", room=room.id, why=why)
         return self.answer(request, 503, {"error": "the room could not be registered; try again"})
 
@@ -201,6 +205,7 @@ class GameRoomApp(App):
             setup_timeout=o["setup_timeout"],
             archive_ttl=o["archive_ttl"], unjoined_timeout=o["unjoined_timeout"],
             max_archive_bytes=o["max_archive_bytes"], max_archive_total=o["max_archive_total"],
+            rooms_per_address=o["rooms_per_address"],
         )
         self.create_quota = AddressQuota(o["creates_per_address"], o["create_window"], self.reactor)
         self.core = GameRoom(self.bus, self.settings)

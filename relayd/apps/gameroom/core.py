@@ -87,6 +87,7 @@ class Settings:
     unjoined_timeout: float = 0.0  # rooms created without the token: seconds to their first player; 0 never
     max_archive_bytes: int = 64 * 1024 * 1024
     max_archive_total: int = 1024 * 1024 * 1024
+    rooms_per_address: int = 20  # live rooms (in setup or running) one creator address holds; 0 no cap
 
 
 @attr.s(auto_attribs=True, eq=False)
@@ -146,6 +147,7 @@ class Room:
     stored_static: bytes | None = None  # static_part of the meta as last written (None: write it next time)
     due: float | None = None  # the room's deadline in the queue (GameRoom._reschedule)
     complete_at: float | None = None  # when the open turn's last packet arrived
+    creator: str | None = None  # the address an anonymous create came from (not stored: a cap on live rooms)
 
     def player(self, pid: str) -> Player | None:
         for p in self.players:
@@ -259,10 +261,21 @@ class GameRoom:
 
     # ---- rooms -----------------------------------------------------------------------------
 
-    def create(self, body: Any, now: float, *, anonymous: bool = False) -> Room:
-        """A new room; an anonymous one (no create token) is abandoned if nobody joins it in time."""
+    def create(self, body: Any, now: float, *, anonymous: bool = False, creator: str | None = None) -> Room:
+        """
+        A new room; an anonymous one (no create token) is abandoned if nobody joins it in time, and its
+        creator's address (`creator`) may hold at most rooms_per_address live rooms. Finished archives
+        are kept only while their place is not needed: at max_rooms the oldest finished one goes.
+        """
         if not isinstance(body, dict):
             raise _err("bad_request", "the body must be a JSON object")
+        cap = self.settings.rooms_per_address
+        if creator is not None and cap and sum(
+                1 for r in self.rooms.values() if r.creator == creator and r.ended is None) >= cap:
+            raise _err("too_many_rooms_from_address",
+                       f"this address holds {cap} rooms in setup or play; finish or leave one first")
+        if len(self.rooms) >= self.settings.max_rooms:
+            self._evict_oldest_finished()
         if len(self.rooms) >= self.settings.max_rooms:
             raise _err("too_many_rooms", "the server holds as many rooms as it may")
         if self.archive_bytes >= self.settings.max_archive_total:
@@ -284,7 +297,8 @@ class GameRoom:
             raise _err("bad_request", "options.setup must be an object")
         _check_size(setup, settings.max_setup_bytes, "the setup")
         room = Room(id=uuid.uuid4().hex[:12], engine=engine, seed=seed, expected=expected, settings=settings,
-                    created=now, setup=setup, turn_ms=settings.initial_turn_ms, iterations=settings.iterations)
+                    created=now, setup=setup, turn_ms=settings.initial_turn_ms, iterations=settings.iterations,
+                    creator=creator)
         self.rooms[room.id] = room
         self._event(room, now, "created")
         return room
@@ -723,12 +737,16 @@ class GameRoom:
             if room.ended is not None and now - room.ended >= room.settings.archive_ttl:
                 self._delete(room)
         # past the total, the oldest finished archives go first, before their time
-        if self.archive_bytes > self.settings.max_archive_total:
-            finished = sorted((r for r in self.rooms.values() if r.ended is not None), key=lambda r: r.ended)
-            for room in finished:
-                if self.archive_bytes <= self.settings.max_archive_total:
-                    break
-                self._delete(room)
+        while self.archive_bytes > self.settings.max_archive_total and self._evict_oldest_finished():
+            pass
+
+    def _evict_oldest_finished(self) -> bool:
+        """Delete the finished (or abandoned) room that ended first; False when every room is live."""
+        finished = [r for r in self.rooms.values() if r.ended is not None]
+        if not finished:
+            return False
+        self._delete(min(finished, key=lambda r: r.ended))
+        return True
 
     def _delete(self, room: Room) -> None:
         del self.rooms[room.id]

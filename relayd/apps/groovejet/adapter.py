@@ -107,13 +107,15 @@ class Rooms(Resource):
                 app.metrics.protocol_error("unauthorized_create")
                 request.setHeader(b"www-authenticate", b'Bearer realm="relayd"')
                 return self._refused(request, error("unauthorized", "POST rooms needs the create token"), 401)
-        else:
+        creator = None
+        if not token:
+            creator = client_of(request)
             try:
-                app.take_create_quota(client_of(request))
+                app.take_create_quota(creator)
             except ProtocolError as e:
                 return self._refused(request, e, 429)
         try:
-            created = app.create_room()
+            created = app.create_room(refund=creator)
         except ProtocolError as e:
             return self._refused(request, e)
         if not isinstance(created, defer.Deferred):
@@ -182,12 +184,25 @@ class GroovejetApp(App):
         retry = max(1, int(self.create_quota.retry_after(address) + 0.999))
         raise error("tooManyRooms", f"this address created too many rooms; try again in {retry} s")
 
-    def create_room(self):
-        """A new room here: at once on one node; on several, once its code is claimed in Redis."""
-        if self.placement is None:
-            return self.core.create_room()
-        self.core.check_capacity()
-        return self.placement.directory.claim_new_code().addCallback(self.core.create_room)
+    def create_room(self, refund: str | None = None):
+        """
+        A new room here: at once on one node; on several, once its code is claimed in Redis. `refund`:
+        the address whose create quota was taken for it (before, so that creates in flight together
+        cannot overdraw it), given back when no room is made.
+        """
+        creator = refund
+        try:
+            if self.placement is None:
+                return self.core.create_room()
+            self.core.check_capacity()
+            created = self.placement.directory.claim_new_code().addCallback(self.core.create_room)
+        except BaseException:
+            if creator is not None:
+                self.create_quota.give_back(creator)
+            raise
+        if creator is not None:
+            created.addErrback(lambda failure: (self.create_quota.give_back(creator), failure)[1])
+        return created
 
     def _save(self, code: str, record: dict) -> defer.Deferred:
         """Fires True once the room is durable, False (logged) when the store failed."""

@@ -163,8 +163,9 @@ class GroovejetSession:
     def _lobby(self, kind: str, value: dict):
         app = self.app
         if kind == "createRoom":
-            app.take_create_quota(self.conn.client_address or "unknown")
-            created = app.create_room()
+            creator = self.conn.client_address or "unknown"
+            app.take_create_quota(creator)
+            created = app.create_room(refund=creator)
             if isinstance(created, defer.Deferred):
                 return created.addCallback(self._created)  # several nodes: once its code is claimed
             self._created(created)

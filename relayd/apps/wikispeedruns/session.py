@@ -48,12 +48,19 @@ class WikiSpeedrunsSession:
 
     def _first(self, core: WikiSpeedruns, message: dict, kind: str):
         if kind == "wait_start":
-            if not self.app.join_quota.take(self.conn.client_address or "unknown"):
+            address = self.conn.client_address or "unknown"
+            if not self.app.join_quota.take(address):
                 raise ProtocolError("quota", "too many joins from this address; try again later", close=True,
                                     code=closecodes.TRY_AGAIN_LATER)
             self.role = "wait"
-            # a start sent right behind the join waits for it, with every later frame
-            return core.wait_start(message, self.conn.send, self.app.reactor.seconds()).addCallback(self._joined)
+            # a start sent right behind the join waits for it, with every later frame; a join that
+            # fails (Redis away, bad input) gives its quota back
+            try:
+                joined = core.wait_start(message, self.conn.send, self.app.reactor.seconds())
+            except BaseException:
+                self.app.join_quota.give_back(address)
+                raise
+            return joined.addCallbacks(self._joined, lambda failure: (self.app.join_quota.give_back(address), failure)[1])
         if kind == "leaderboard":
             self.subscription = core.subscribe(core.leaderboard_channel(message), self.conn.send)
             self.role = "leaderboard"
