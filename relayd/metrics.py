@@ -102,6 +102,11 @@ class Metrics:
             "total (the process's send backlog bound), address (one address's share of it)",
             ["app", "reason"], registry=r,
         )
+        self.throttled = Counter(
+            "relayd_address_throttled",
+            "Reads after which a connection was paused because its address sent above address_byte_rate",
+            ["app"], registry=r,
+        )
         self.send_backlog = Gauge(
             "relayd_send_backlog_bytes", "Bytes held for clients that do not read (each queued frame once)", registry=r
         )
@@ -149,6 +154,9 @@ class AppMetrics:
 
     def protocol_error(self, kind: str) -> None:
         self.parent.protocol_errors.labels(self.app, kind).inc()
+
+    def throttled(self) -> None:
+        self.parent.throttled.labels(self.app).inc()
 
     def slow_consumer(self, reason: str) -> None:
         self.parent.slow_consumers.labels(self.app, reason).inc()

@@ -31,6 +31,7 @@ from relayd.web.demo import demo_page
 from relayd.web.resources import AppMount, Health, Metrics as MetricsPage, Readiness
 from relayd.ws.backlog import Backlogs
 from relayd.ws.factory import RelaydFactory
+from relayd.ws.ratelimit import AddressRates
 
 _log = Logger()
 
@@ -54,6 +55,9 @@ class RelaydService(MultiService):
         total, share = config.daemon.backlog_bounds()
         self.backlogs = Backlogs(total, share)
         self.metrics.watch_backlogs(self.backlogs)
+        daemon = config.daemon
+        self.address_rates = (AddressRates(daemon.address_byte_rate, daemon.address_byte_burst)
+                              if daemon.address_byte_rate else None)
         # what deaf readers held goes back to the system once they are closed (relayd.memory)
         Periodic("give memory back", 5.0, GiveBack(self.backlogs), clock=reactor, now=False).setServiceParent(self)
         self.store = store if store is not None else self._open_store()
@@ -83,7 +87,7 @@ class RelaydService(MultiService):
                 factory = RelaydFactory(
                     protocol=app.protocol, app=app, app_name=name, limits=app_config.limits,
                     metrics=app_metrics, reactor=reactor, listener_name=listener_name, secure=listener.secure,
-                    backlogs=self.backlogs,
+                    backlogs=self.backlogs, address_rates=self.address_rates,
                 )
                 demo = demo_page(name) if app_config.demo else None
                 listener.router.mount(

@@ -397,3 +397,55 @@ def _buffered(transport) -> int:
     from relayd._internals import buffered_bytes
 
     return buffered_bytes(transport)
+
+
+class AddressRateTests(TestCase):
+    """What one client address's connections may send together (relayd.ws.ratelimit.AddressRates)."""
+
+    def _reading(self, h, server):
+        events = []
+        self.patch(server.transport, "pauseProducing", lambda: events.append("paused"))
+        self.patch(server.transport, "resumeProducing", lambda: events.append("resumed"))
+        return events
+
+    def test_an_address_over_its_rate_is_paused_until_it_is_back_within_it(self):
+        """Reads that take an address past address_byte_burst pause reading its connection for as long as the debt takes to repay at address_byte_rate; messages read are still handled, and nothing is closed."""
+        h = _backlog_harness("address_byte_rate = 100K\naddress_byte_burst = 100K\n")
+        first, second = h.ws("/echo"), h.ws("/echo")
+        servers = h.service.listeners["main"].tracker.websockets()
+        events = {s: self._reading(h, s) for s in servers}
+        for _ in range(3):
+            first.send_text("a" * 30_000)
+        h.flush()
+        self.assertEqual(sum(events.values(), []), [])  # 90 KB: within the burst
+        second.send_text("b" * 30_000)  # the same address: 120 KB, 20 KB of debt
+        h.flush()
+        paused = [s for s, e in events.items() if e == ["paused"]]
+        self.assertEqual(len(paused), 1)
+        self.assertEqual(len(first.messages) + len(second.messages), 4)  # handled all the same
+        h.advance(0.15)  # 20 KB at 100 KB/s is 0.2 s (plus the frame headers)
+        self.assertEqual(events[paused[0]], ["paused"])
+        h.advance(0.1)
+        self.assertEqual(events[paused[0]], ["paused", "resumed"])
+        self.assertFalse(first.closed or second.closed)
+        self.assertEqual(h.service.metrics.registry.get_sample_value(
+            "relayd_address_throttled_total", {"app": "testee"}), 1)
+
+    def test_addresses_do_not_share(self):
+        """Another address has its own share."""
+        from relayd.ws.ratelimit import AddressRates
+
+        rates = AddressRates(100_000, 100_000)
+        self.assertEqual(rates.spend("192.0.2.1", 150_000, 0.0), 0.5)
+        self.assertEqual(rates.spend("192.0.2.2", 90_000, 0.0), 0.0)
+        self.assertEqual(rates.spend("192.0.2.1", 0, 0.5), 0.0)  # repaid
+
+    def test_zero_turns_it_off(self):
+        """address_byte_rate = 0 leaves an address unbounded."""
+        h = _backlog_harness("address_byte_rate = 0\n")
+        self.assertIsNone(h.service.address_rates)
+        c = h.ws("/echo")
+        for _ in range(3):
+            c.send_text("a" * 60_000)
+        h.flush()
+        self.assertEqual(len(c.messages), 3)

@@ -29,6 +29,8 @@ DAEMON_OPTIONS: dict[str, Option] = {
     "drain_timeout": Option(number(0, 3600), 10.0, "Seconds a stop waits for WebSockets to close after close 1001."),
     "max_total_backlog": Option(size_or_auto(64 * 1024), None, "Bytes the whole process may hold for clients that do not read; past it the largest holders are closed 4008. auto: 1/32 of the machine's memory, 64M to 1G."),
     "max_backlog_per_address": Option(size_or_auto(0), None, "Bytes one client address's connections may hold together; past it that address's largest holders are closed 4008. auto: a quarter of max_total_backlog; 0: no share."),
+    "address_byte_rate": Option(size(0), 32 * 1024 * 1024, "Bytes per second one client address's WebSocket connections may send together, across every app; above it their reading pauses until the address is back within it. 0 turns it off."),
+    "address_byte_burst": Option(size(1), 64 * 1024 * 1024, "Bytes one client address may send at once above address_byte_rate."),
 }
 
 LIMIT_OPTIONS: dict[str, Option] = {
@@ -96,6 +98,8 @@ class DaemonConfig:
     drain_timeout: float
     max_total_backlog: int | None = None  # None: auto (relayd.ws.backlog.default_total)
     max_backlog_per_address: int | None = None  # None: a quarter of the total
+    address_byte_rate: int = 32 * 1024 * 1024
+    address_byte_burst: int = 64 * 1024 * 1024
 
     def backlog_bounds(self) -> tuple[int, int]:
         """The process's send backlog bound and one address's share, auto resolved for this machine."""

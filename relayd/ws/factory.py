@@ -8,6 +8,7 @@ from relayd.config.model import Limits
 from relayd.metrics import AppMetrics
 from relayd.ws.backlog import Backlogs, default_total
 from relayd.ws.keepalive import Keepalive
+from relayd.ws.ratelimit import AddressRates
 from relayd._internals import install_clock, protocol_with_options, quiet_debug_formatting
 from relayd.ws.origin import OriginPolicy
 
@@ -25,6 +26,7 @@ class RelaydFactory(WebSocketServerFactory):
         listener_name: str = "",
         secure: bool = False,
         backlogs: Backlogs | None = None,
+        address_rates: AddressRates | None = None,
     ):
         super().__init__(reactor=reactor, server="relayd")
         self.protocol = protocol
@@ -36,6 +38,7 @@ class RelaydFactory(WebSocketServerFactory):
         self.isSecure = secure
         # the process's (RelaydService); a factory made alone bounds only its own connections
         self.backlogs = backlogs if backlogs is not None else Backlogs(default_total(), 0)
+        self.address_rates = address_rates  # the process's; None: no bound across an address's connections
         self.origins = OriginPolicy(limits.allowed_origins)
         install_clock(self, reactor)
         self.setProtocolOptions(

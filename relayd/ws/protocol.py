@@ -37,6 +37,7 @@ from relayd.errors import ProtocolError
 from relayd.session import IConnection, Runner
 from relayd.ws import closecodes
 from relayd.ws.frames import Frame
+from relayd.quota import address_key
 from relayd.ws.ratelimit import Budget
 from relayd.ws._writes import BATCH, write_now
 from relayd.ws.keepalive import PING
@@ -98,6 +99,7 @@ class RelaydProtocol(WebSocketServerProtocol):
     _in_transport = 0  # bytes in Twisted's buffer when the transport paused us
     backlog_held = 0  # what relayd.ws.backlog counts for this connection
     backlog_key = None  # the address it counts against there
+    _throttle = None  # while its address sends above address_byte_rate: the call that reads again
     _wskey = None  # the client's key, once its opening handshake is parsed (Autobahn sets it then)
 
     # ---- Autobahn entry points -------------------------------------------------------------
@@ -147,7 +149,13 @@ class RelaydProtocol(WebSocketServerProtocol):
             reader = self.reader = FrameReader(self.maxFramePayloadSize, self.maxMessagePayloadSize)
         events = reader.feed(data)
         # every message of this read arrived now: the rate budgets are refilled once for all of them
-        self._budget.refill(self._clock.seconds())
+        now = self._clock.seconds()
+        self._budget.refill(now)
+        rates = self._address_rates
+        if rates is not None:
+            wait = rates.spend(self.backlog_key or self._address_key(), len(data), now)
+            if wait and self._throttle is None:
+                self._throttled(wait)
         for i in range(0, len(events), 2):
             if self.state == _CLOSED:
                 return
@@ -180,6 +188,28 @@ class RelaydProtocol(WebSocketServerProtocol):
         else:
             self.dropConnection(abort=False)  # relayd was closing already: nothing more to wait for
 
+    def _address_key(self) -> str:
+        key = self.backlog_key = address_key(self.client_address or "unknown")
+        return key
+
+    def _throttled(self, wait: float) -> None:
+        """Its address sent above address_byte_rate: this connection is not read for `wait` seconds."""
+        if not self.throttled_before:
+            self.throttled_before = True
+            self._log.info("{app}: {address} sends above address_byte_rate; reading {peer} paused {wait:.3f} s "
+                           "(logged once a connection)", app=self.factory.app_name, address=self.backlog_key,
+                           peer=self.peer, wait=wait)
+        self.factory.metrics.throttled()
+        self.transport.pauseProducing()
+        self._throttle = self._clock.callLater(wait, self._read_again)
+
+    throttled_before = False
+
+    def _read_again(self) -> None:
+        self._throttle = None
+        if self.transport is not None and self.state != _CLOSED:
+            self.transport.resumeProducing()
+
     def sendData(self, data, sync=False, chopsize=None):
         # Autobahn's own frames (close, ping, pong) must not overtake frames still gathered for us
         BATCH.flush_one(self)
@@ -191,6 +221,7 @@ class RelaydProtocol(WebSocketServerProtocol):
         self._metrics = factory.metrics
         self._clock = factory.reactor
         self._backlogs = factory.backlogs
+        self._address_rates = factory.address_rates
         self._budget = Budget(factory.limits.rate(), self._clock.seconds())
         try:
             self.transport.unregisterProducer()
@@ -261,6 +292,8 @@ class RelaydProtocol(WebSocketServerProtocol):
     def onClose(self, wasClean, code, reason):
         metrics = self.factory.metrics
         self._cancel_blocked_timer()
+        if self._throttle is not None and self._throttle.active():
+            self._throttle.cancel()
         # Autobahn leaves these pending after the connection is gone
         for name in ("closeHandshakeTimeoutCall", "serverConnectionDropTimeoutCall"):
             call = getattr(self, name, None)

@@ -67,3 +67,42 @@ class Budget:
         """Refill to `now`, then spend one message and `size` bytes if both are there."""
         self.refill(now)
         return self.spend(size)
+
+
+class AddressRates:
+    """
+    Bytes per second one client address's WebSocket connections may send together, across every app:
+    a token bucket per address (per /64 for IPv6, relayd.quota.address_key) that may run into debt.
+    A read that leaves its address in debt pauses reading that connection until the debt is paid,
+    so a flood from one address is slowed by TCP's own flow control instead of taking the event loop
+    from everyone else; nothing is refused or closed. Addresses whose bucket is full again are
+    forgotten as the buckets are used.
+    """
+
+    def __init__(self, byte_rate: float, byte_burst: float):
+        self.byte_rate = byte_rate
+        self.byte_burst = byte_burst
+        self._buckets: dict[str, list[float]] = {}  # key -> [tokens, stamp]
+        self._uses = 0
+
+    def spend(self, key: str, size: int, now: float) -> float:
+        """Spend `size` bytes of key's share; the seconds its connection should stop reading (0: none)."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = [self.byte_burst, now]
+            self._uses += 1
+            if self._uses % 1024 == 0:
+                self._forget_full(now)
+        else:
+            bucket[0] = min(self.byte_burst, bucket[0] + (now - bucket[1]) * self.byte_rate)
+            bucket[1] = now
+        bucket[0] -= size
+        return -bucket[0] / self.byte_rate if bucket[0] < 0 else 0.0
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def _forget_full(self, now: float) -> None:
+        for key, (tokens, stamp) in list(self._buckets.items()):
+            if tokens + (now - stamp) * self.byte_rate >= self.byte_burst:
+                del self._buckets[key]
