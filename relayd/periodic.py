@@ -57,6 +57,12 @@ class Periodic(TimerService):
         self._skip = not self._now
         super().startService()
 
+    def stopService(self):
+        # a parent stopped before this child started (a start-up that failed half-way): nothing runs
+        if not self.running:
+            return None
+        return super().stopService()
+
     def _call(self):
         if self._skip:
             self._skip = False

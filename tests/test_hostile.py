@@ -102,23 +102,44 @@ class DeepJSONTests(TestCase):
 
 class HTTPBodyTests(TestCase):
     def test_announced_body_over_the_limit_is_refused_before_it_is_read(self):
-        """A Content-Length over max_body_size is answered 413 at once; the body is never read or spooled."""
+        """A Content-Length over max_body_size is answered 413 at once; the body is never read or spooled, only thrown away while the client still sends it, and the connection closes within the lingering time."""
+        from relayd.web.site import LINGER_SECONDS
+
         h = shipped()
         raw = h.raw(b"POST /groovejet/rooms HTTP/1.1\r\nHost: x\r\nContent-Length: 268435456\r\n\r\n" + b"x" * 1000)
         h.flush()
         status, _, _ = raw.response()
         self.assertEqual(status, 413)
+        h.advance(LINGER_SECONDS)
         self.assertTrue(raw.lost)
 
     def test_chunked_body_is_capped_while_read(self):
         """A chunked body is refused with 413 as soon as it passes max_body_size."""
+        from relayd.web.site import LINGER_SECONDS
+
         h = shipped()
         chunk = b"%x\r\n%s\r\n" % (16 * 1024, b"y" * 16 * 1024)
         raw = h.raw(b"POST /gameroom/create HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk * 5)
         h.flush()
         self.assertEqual(raw.response()[0], 413)
+        h.advance(LINGER_SECONDS)
         self.assertTrue(raw.lost)
         self.assertEqual(h.app("gameroom").core.rooms, {})
+
+    def test_a_refused_body_is_thrown_away_up_to_a_bound(self):
+        """After a 413 the rest of the body is read and discarded, LINGER_BYTES at most: past that the connection closes at once."""
+        from relayd.web.site import LINGER_BYTES
+
+        h = shipped()
+        raw = h.raw(b"POST /groovejet/rooms HTTP/1.1\r\nHost: x\r\nContent-Length: 268435456\r\n\r\n")
+        h.flush()
+        self.assertEqual(raw.response()[0], 413)
+        raw.transport.write(b"x" * (LINGER_BYTES // 2))
+        h.flush()
+        self.assertFalse(raw.lost)
+        raw.transport.write(b"x" * (LINGER_BYTES // 2 + 1))
+        h.flush()
+        self.assertTrue(raw.lost)
 
     def test_body_within_the_limit_works(self):
         """A normal create body still creates."""

@@ -10,14 +10,14 @@ import os
 import socket
 import tempfile
 
-from twisted.internet import defer, reactor, ssl
+from twisted.internet import defer, protocol, reactor, ssl
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, readBody
 
 from relayd import tap
 from relayd.listener import StartupError
 from relayd.ws import closecodes
-from tests.live import Daemon, later, write_config
+from tests.live import Daemon, later, until, write_config
 from tests.tlsutil import TestCA
 
 
@@ -177,3 +177,45 @@ path = /echo
         for c in (first, second):
             c.sendClose(1000)
             yield c.when_closed
+
+
+# a client in its own process that sends its whole request before it reads the answer, as many HTTP
+# libraries do: a 4 MB body, then the answer's first line and how the stream ended
+_UPLOADER = """
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.settimeout(20)
+body = b"x" * (4 * 1024 * 1024)
+try:
+    s.sendall(b"POST /groovejet/rooms HTTP/1.1\\r\\nHost: x\\r\\nContent-Length: %d\\r\\n\\r\\n" % len(body) + body)
+    received, ended = b"", None
+    while ended is None:
+        data = s.recv(65536)
+        received += data
+        ended = None if data else "eof"
+except OSError as e:
+    received, ended = b"", type(e).__name__
+print(received.split(b"\\r\\n")[0].decode() if received else "-")
+print(ended)
+"""
+
+
+class RefusedBodyTests(TestCase):
+    @defer.inlineCallbacks
+    def test_413_arrives_and_the_close_is_not_a_reset(self):
+        """A client that sends its whole 4 MB body before reading (its own process, as many HTTP libraries do) reads the 413 relayd answered before the body, then a clean end of stream, not a connection reset: relayd throws the rest of the body away before it closes."""
+        import sys
+
+        from twisted.internet.utils import getProcessOutputAndValue
+
+        daemon = Daemon(self, TESTEE + """
+[app:groovejet]
+listeners = main
+path = /groovejet
+""")
+        yield until(lambda: daemon.service.ready, "relayd to finish starting (groovejet loads its rooms)")
+        out, err, code = yield getProcessOutputAndValue(sys.executable, ["-c", _UPLOADER, str(daemon.port())],
+                                                        env=os.environ)
+        self.assertEqual(code, 0, err)
+        first_line, ended = out.decode().split("\n")[:2]
+        self.assertEqual((first_line, ended), ("HTTP/1.1 413 Payload Too Large", "eof"))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import socket
 from io import BytesIO
 
+from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
 from twisted.web import http, server
 
@@ -24,11 +25,19 @@ from relayd.web.tracker import ConnectionTracker
 _log = Logger()
 
 HTTP_IDLE_TIMEOUT = 60
+# a refused request's client may still be sending its body: what is read and thrown away before the
+# connection is closed, so that the close is a FIN and the client reads the answer (closing a socket
+# with unread bytes sends a reset: a client still writing its body gets EPIPE or ECONNRESET instead of
+# the answer). Reading and discarding costs a copy per byte; the bounds are nginx's order of magnitude.
+LINGER_BYTES = 64 * 1024 * 1024
+LINGER_SECONDS = 10.0
 
 
 class RelaydChannel(http.HTTPChannel):
     slot = None
     _head_deadline = None
+    _lingering = None  # bytes still to throw away once a refusal is answered
+    _linger_timer = None
 
     def connectionMade(self):
         super().connectionMade()
@@ -70,7 +79,38 @@ class RelaydChannel(http.HTTPChannel):
             "listener {listener}: bad or oversized HTTP request from {peer}",
             listener=self.site.listener_name, peer=_peer(self.transport),
         )
-        super()._respondToBadRequestAndDisconnect()
+        self.transport.write(b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n")
+        self.linger()
+
+    def linger(self) -> None:
+        """
+        A refusal was written before the request was read to its end: read and discard what the
+        client still sends (LINGER_BYTES at most, for LINGER_SECONDS at most) and close once it stops,
+        as nginx's lingering close does. A plain TCP connection is half-closed at once (the client
+        reads the answer, then the end), so a client that waits for the end stops sending.
+        """
+        if self._lingering is not None or self.transport is None:
+            return
+        self._lingering = LINGER_BYTES
+        self._cancel_head_deadline()
+        self.setTimeout(None)
+        self._linger_timer = self.callLater(LINGER_SECONDS, self._stop_lingering)
+        if not ISSLTransport.providedBy(self.transport) and hasattr(self.transport, "loseWriteConnection"):
+            self.transport.loseWriteConnection()  # sent once the answer is written
+
+    def dataReceived(self, data):
+        if self._lingering is None:
+            return super().dataReceived(data)
+        self._lingering -= len(data)
+        if self._lingering < 0:
+            self._stop_lingering()
+
+    def _stop_lingering(self):
+        timer, self._linger_timer = self._linger_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        if self.transport is not None:
+            self.transport.loseConnection()
 
     def lineLengthExceeded(self, line):
         self._respondToBadRequestAndDisconnect()
@@ -84,6 +124,8 @@ class RelaydChannel(http.HTTPChannel):
 
     def connectionLost(self, reason):
         self._cancel_head_deadline()
+        if self._linger_timer is not None and self._linger_timer.active():
+            self._linger_timer.cancel()
         if self.slot is not None:
             self.slot.release()
             self.slot = None
@@ -150,7 +192,7 @@ class RelaydRequest(server.Request):
             b"HTTP/1.1 413 Payload Too Large\r\ncontent-type: text/plain; charset=utf-8\r\n"
             b"connection: close\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
         )
-        channel.loseConnection()
+        channel.linger()
 
 
 class RelaydSite(server.Site):
