@@ -35,6 +35,13 @@ class Unavailable(Exception):
     """A shared service (Redis) cannot be reached now; the client is told to try again later."""
 
 
+class StoreUnavailable(Unavailable):
+    """
+    The durable store cannot write now (a full disk, an I/O error): nothing is acknowledged, the
+    client gets its app's unavailable answer, and the store says so once per interval in the log.
+    """
+
+
 def unless_unavailable(what: str, **fields):
     """
     An errback for work that is tried again on its own (periodic upkeep, a lease that expires by

@@ -21,6 +21,7 @@ from relayd.apps.base import AppContext
 from relayd.apps.registry import APPS
 from relayd.bus import MemoryBus
 from relayd.config.model import Config
+from relayd.errors import StoreUnavailable
 from relayd.listener import Listener, StartupError
 from relayd.logs import make_observer
 from relayd.memory import GiveBack
@@ -60,6 +61,7 @@ class RelaydService(MultiService):
                               if daemon.address_byte_rate else None)
         # what deaf readers held goes back to the system once they are closed (relayd.memory)
         Periodic("give memory back", 5.0, GiveBack(self.backlogs), clock=reactor, now=False).setServiceParent(self)
+        Periodic("store probe", 2.0, self._probe_store, clock=reactor, now=False).setServiceParent(self)
         self.store = store if store is not None else self._open_store()
         self.listeners: dict[str, Listener] = {}
         for name, listener_config in config.listeners.items():
@@ -123,7 +125,17 @@ class RelaydService(MultiService):
         bus_problems = getattr(self.bus, "problems", None)
         if bus_problems is not None:
             found.extend(bus_problems())
+        failing = getattr(self.store, "failing", None)
+        if failing:
+            found.append(f"store: writes failing ({failing})")
         return found
+
+    def _probe_store(self):
+        # while writes fail (a full disk), a small write learns when they succeed again; its failure is
+        # the store's to log (once per interval), not this check's
+        if getattr(self.store, "failing", None):
+            return self.store.probe().addErrback(lambda failure: failure.trap(StoreUnavailable))
+        return None
 
     def _open_store(self):
         path = self.config.daemon.store or os.path.join(self.state_dir, "relayd.sqlite3")

@@ -23,11 +23,17 @@ from typing import Any
 
 from twisted.enterprise import adbapi
 from twisted.internet import defer
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from relayd import jsonutil
+from relayd.errors import StoreUnavailable
 from relayd.ws._writes import BATCH
+
+_log = Logger()
+
+FAILURE_LOG_INTERVAL = 30.0  # seconds between the log lines of writes that keep failing the same way
 
 
 class IStore(Interface):
@@ -148,6 +154,12 @@ class SqliteStore:
         self._last: dict[str, _Job] = {}  # namespace -> its newest job not yet started
         self._writing = False
         self._drained: list[defer.Deferred] = []
+        if reactor is None:
+            from twisted.internet import reactor
+        self._clock = reactor
+        self.failing: str | None = None  # why writes fail now (a full disk): the daemon is not ready
+        self._failures = 0  # failed transactions since the last log line
+        self._logged: dict[str, float] = {}  # kind -> when it was last logged
         # fail at start-up, in the caller's thread, when the file cannot be a database
         probe = sqlite3.connect(path)
         try:
@@ -269,6 +281,11 @@ class SqliteStore:
 
     def _written(self, result, batch: list[_Job]) -> None:
         self._writing = False
+        if isinstance(result, Failure):
+            result = self._write_failed(result)
+        elif self.failing is not None:
+            _log.info("store: writes succeed again ({count} transactions had failed)", count=self._failures)
+            self.failing, self._failures = None, 0
         # what the waiters send (clicker's SCORED and score events, many per transaction) is written
         # once per receiver when all of them have run, as for a WebSocket read
         with BATCH:
@@ -279,6 +296,26 @@ class SqliteStore:
                     else:
                         d.callback(None)
         self._next()
+
+    def _write_failed(self, failure: Failure) -> Failure:
+        """A transaction failed: the store is failing until one succeeds, said once per kind and interval."""
+        error = failure.value
+        kind = _failure_kind(error)
+        self.failing = f"{kind}: {error}"
+        self._failures += 1
+        now = self._clock.seconds()
+        last = self._logged.get(kind)
+        if last is None or now - last >= FAILURE_LOG_INTERVAL:
+            self._logged[kind] = now
+            _log.error("store: writes failing ({kind}: {error}); {count} transactions failed since the last line; "
+                       "nothing of them was acknowledged, and /readyz answers 503 until a write succeeds",
+                       kind=kind, error=str(error), count=self._failures)
+            self._failures = 0
+        return Failure(StoreUnavailable(f"the state store cannot write ({kind})"))
+
+    def probe(self) -> defer.Deferred:
+        """One small write, to learn whether writes succeed again (the daemon asks while failing)."""
+        return self.put("_relayd", "probe", {"at": self._clock.seconds()})
 
     def close(self):
         """Finish the writes still waiting, then release the database thread."""
@@ -293,3 +330,13 @@ class SqliteStore:
             return result
 
         return d.addBoth(closed)
+
+
+def _failure_kind(error: BaseException) -> str:
+    """A failed write, named for the operator: a full disk, an I/O error, or what else it was."""
+    text = str(error).lower()
+    if "full" in text or getattr(error, "errno", None) == 28:
+        return "disk_full"
+    if "i/o" in text or "readonly" in text or "read-only" in text or isinstance(error, OSError):
+        return "io_error"
+    return type(error).__name__

@@ -112,14 +112,19 @@ class LimitTests(TestCase):
         self.assertTrue(raw.lost)
 
     def test_endless_header_is_cut_at_cap(self):
-        """A request head longer than max_request_size is answered 400 and closed; nothing more is buffered."""
+        """A request head longer than max_request_size is answered 400; what follows is thrown away, not buffered, and the connection closed within the lingering time."""
+        from relayd.web.site import LINGER_SECONDS
+
         h = harness(limits="max_request_size = 4K\n")
         raw = h.raw(b"GET /echo HTTP/1.1\r\nHost: x\r\n")
         for _ in range(10):
             raw.transport.write(b"X-Filler: " + b"a" * 500 + b"\r\n")
             h.flush()
-        self.assertTrue(raw.lost)
         self.assertTrue(raw.data.startswith(b"HTTP/1.1 400"))
+        channel = h.service.listeners["main"].tracker.slots.copy().pop().channel
+        self.assertEqual(channel._buffer, b"")
+        h.advance(LINGER_SECONDS)
+        self.assertTrue(raw.lost)
 
     def test_single_endless_line_is_cut(self):
         """One header line that never ends is cut at the cap rather than buffered."""
@@ -127,6 +132,8 @@ class LimitTests(TestCase):
         raw = h.raw(b"GET /echo HTTP/1.1\r\nX-Long: ")
         raw.transport.write(b"b" * 5000)
         h.flush()
+        self.assertTrue(raw.data.startswith(b"HTTP/1.1 400"))
+        h.advance(10)
         self.assertTrue(raw.lost)
 
     def test_max_connections_per_listener(self):
@@ -332,8 +339,8 @@ class BacklogTests(TestCase):
                              limits="max_send_backlog = 8M\n")
         clients, servers = self._deaf(h, 3)
         a1, a2, b1 = servers
-        a1.client_address = a2.client_address = "192.0.2.1"
-        b1.client_address = "192.0.2.2"
+        for server, address in ((a1, "192.0.2.1"), (a2, "192.0.2.1"), (b1, "192.0.2.2")):
+            server.client_address, server.backlog_key = address, None  # as if they came from there
         for _ in range(3):
             b1.send_frame(Frame(b"b" * 100_000))  # 300 KB at .2: at its share, not over
         a1.send_frame(Frame(b"a" * 100_000))

@@ -92,6 +92,9 @@ class RelaydChannel(http.HTTPChannel):
         if self._lingering is not None or self.transport is None:
             return
         self._lingering = LINGER_BYTES
+        # nothing more of what was read is parsed: not the rest of this read, not what follows
+        self._buffer = b""
+        self.lineReceived = self.rawDataReceived = _ignore
         self._cancel_head_deadline()
         self.setTimeout(None)
         self._linger_timer = self.callLater(LINGER_SECONDS, self._stop_lingering)
@@ -130,6 +133,10 @@ class RelaydChannel(http.HTTPChannel):
             self.slot.release()
             self.slot = None
         super().connectionLost(reason)
+
+
+def _ignore(*args) -> None:
+    return None
 
 
 def _bound_send_buffer(transport, size: int) -> None:

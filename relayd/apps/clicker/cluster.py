@@ -32,7 +32,7 @@ from relayd.apps.clicker.core import (
 from relayd.apps.clicker.state import IDENTITIES, LATEST, IClickerState
 from relayd.backplane import codec
 from relayd.backplane.cluster import Cluster, Unavailable
-from relayd.errors import ProtocolError
+from relayd.errors import StoreUnavailable, ProtocolError
 from relayd.periodic import Periodic
 
 _log = Logger()
@@ -235,7 +235,7 @@ class RedisState:
     def _keep_locally(self, namespace: str, key: str, value) -> None:
         """A copy in this node's store, written back to Redis should Redis restart empty."""
         self.store.put(namespace, key, value).addErrback(
-            lambda f: _log.failure("clicker: keeping a local copy failed", f))
+            lambda f: None if f.check(StoreUnavailable) else _log.failure("clicker: keeping a local copy failed", f))
 
     @defer.inlineCallbacks
     def snapshot(self, ids):

@@ -302,9 +302,11 @@ class GameRoomApp(App):
         return None
 
     def _flush_failed(self, failure, room_ids):
-        from relayd.backplane.cluster import Unavailable
+        from relayd.errors import StoreUnavailable, Unavailable
 
-        if failure.check(Unavailable):
+        if failure.check(StoreUnavailable):
+            pass  # the store says so once per interval; the rooms are retried
+        elif failure.check(Unavailable):
             _log.warn("gameroom: rooms not written, redis is unreachable; they are retried")
         else:
             _log.failure("gameroom: persisting rooms failed; they are retried", failure)

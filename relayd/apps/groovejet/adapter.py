@@ -220,9 +220,11 @@ class GroovejetApp(App):
         self.store.delete(ROOMS, code).addErrback(self._store_failed, code)
 
     def _store_failed(self, failure, code) -> bool:
-        from relayd.backplane.cluster import Unavailable
+        from relayd.errors import StoreUnavailable, Unavailable
 
-        if failure.check(Unavailable):
+        if failure.check(StoreUnavailable):
+            pass  # the store says so once per interval
+        elif failure.check(Unavailable):
             _log.warn("groovejet: room {code} not written: redis is unreachable", code=code)
         else:
             _log.failure("groovejet: the store failed for room {code}", failure, code=code)
