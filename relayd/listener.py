@@ -123,9 +123,8 @@ class Listener(MultiService):
             slot.release()
         return len(left)
 
-    def reload_tls(self) -> bool:
-        """Re-read this listener's certificate files; False when it serves no TLS."""
+    def reload_tls(self) -> bool | None:
+        """Re-read this listener's certificate files: True when reloaded, False when that failed, None without TLS."""
         if self.tls is None:
-            return False
-        self.tls.reload()
-        return True
+            return None
+        return self.tls.reload()

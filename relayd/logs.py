@@ -46,3 +46,28 @@ _ORDER = [LogLevel.debug, LogLevel.info, LogLevel.warn, LogLevel.error, LogLevel
 
 def _rank(level) -> int:
     return _ORDER.index(level)
+
+
+class Sparse:
+    """
+    A line that can repeat without end under attack or failure (refused connections, failing writes)
+    said at most once per key per interval; the times it was not said are counted into the next.
+    """
+
+    def __init__(self, clock, interval: float):
+        self.clock = clock
+        self.interval = interval
+        self._last: dict = {}  # key -> when it was last said
+        self._unsaid: dict = {}  # key -> how many were not said since
+
+    def due(self, key) -> int:
+        """How many events this line speaks for if it is said now (this one included); 0: not now."""
+        now = self.clock.seconds()
+        count = self._unsaid.get(key, 0) + 1
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            self._unsaid[key] = count
+            return 0
+        self._last[key] = now
+        self._unsaid[key] = 0
+        return count

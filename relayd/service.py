@@ -21,6 +21,7 @@ from relayd.apps.base import AppContext
 from relayd.apps.registry import APPS
 from relayd.bus import MemoryBus
 from relayd.config.model import Config
+from relayd.descriptors import fit as fit_descriptors
 from relayd.errors import StoreUnavailable
 from relayd.listener import Listener, StartupError
 from relayd.logs import make_observer
@@ -73,6 +74,8 @@ class RelaydService(MultiService):
                 listener.router.mount("/readyz", Readiness(self.problems))
             if listener_config.metrics:
                 listener.router.mount("/metrics", MetricsPage(self.metrics.registry))
+        # every connection is a descriptor: the limit must hold what the listeners may (relayd.descriptors)
+        fit_descriptors({name: listener.tracker for name, listener in self.listeners.items()})
         self.apps = {}
         for name, app_config in config.apps.items():
             app_metrics = self.metrics.for_app(name)
@@ -195,10 +198,15 @@ class RelaydService(MultiService):
 
     def reload(self):
         """SIGHUP: re-read certificate files; new connections get the renewed certificates."""
-        reloaded = [name for name, listener in self.listeners.items() if listener.reload_tls()]
+        outcomes = {name: listener.reload_tls() for name, listener in self.listeners.items()}
+        reloaded = [name for name, outcome in outcomes.items() if outcome]
+        failed = [name for name, outcome in outcomes.items() if outcome is False]
         if reloaded:
             _log.info("SIGHUP: reloaded the TLS certificates of {listeners}", listeners=", ".join(reloaded))
-        else:
+        if failed:
+            _log.error("SIGHUP: the TLS certificates of {listeners} were not reloaded (see above); "
+                       "they keep serving the previous ones", listeners=", ".join(failed))
+        if not reloaded and not failed:
             _log.info("SIGHUP: nothing to reload (no TLS listener; the config file is read only at start)")
 
     def _all_closed_within(self, timeout: float) -> defer.Deferred:

@@ -29,6 +29,7 @@ from zope.interface import Interface, implementer
 
 from relayd import jsonutil
 from relayd.errors import StoreUnavailable
+from relayd.logs import Sparse
 from relayd.ws._writes import BATCH
 
 _log = Logger()
@@ -158,8 +159,8 @@ class SqliteStore:
             from twisted.internet import reactor
         self._clock = reactor
         self.failing: str | None = None  # why writes fail now (a full disk): the daemon is not ready
-        self._failures = 0  # failed transactions since the last log line
-        self._logged: dict[str, float] = {}  # kind -> when it was last logged
+        self._failures = 0  # failed transactions since writes last succeeded
+        self._said = Sparse(reactor, FAILURE_LOG_INTERVAL)
         # fail at start-up, in the caller's thread, when the file cannot be a database
         probe = sqlite3.connect(path)
         try:
@@ -303,14 +304,11 @@ class SqliteStore:
         kind = _failure_kind(error)
         self.failing = f"{kind}: {error}"
         self._failures += 1
-        now = self._clock.seconds()
-        last = self._logged.get(kind)
-        if last is None or now - last >= FAILURE_LOG_INTERVAL:
-            self._logged[kind] = now
+        count = self._said.due(kind)
+        if count:
             _log.error("store: writes failing ({kind}: {error}); {count} transactions failed since the last line; "
                        "nothing of them was acknowledged, and /readyz answers 503 until a write succeeds",
-                       kind=kind, error=str(error), count=self._failures)
-            self._failures = 0
+                       kind=kind, error=str(error), count=count)
         return Failure(StoreUnavailable(f"the state store cannot write ({kind})"))
 
     def probe(self) -> defer.Deferred:

@@ -178,6 +178,26 @@ path = /echo
             c.sendClose(1000)
             yield c.when_closed
 
+    @defer.inlineCallbacks
+    def test_failed_reload_is_not_reported_as_reloaded(self):
+        """A reload whose files are broken keeps serving the previous certificate and is logged as not reloaded, never as reloaded."""
+        from twisted.logger import globalLogPublisher
+
+        ca = TestCA(tempfile.mkdtemp(prefix="relayd-ca-"))
+        daemon = self._daemon(ca)
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        with open(ca.issue("localhost")[1], "w") as f:
+            f.write("not a certificate\n")
+        daemon.service.reload()
+        said = [e["log_format"] for e in events if e.get("log_namespace") == "relayd.service"]
+        self.assertEqual(len(said), 1, said)
+        self.assertIn("were not reloaded", said[0])
+        client = yield daemon.connect("/echo", listener="secure", tls_options=self._client_options(ca))
+        client.sendClose(1000)
+        yield client.when_closed
+
 
 # a client in its own process that sends its whole request before it reads the answer, as many HTTP
 # libraries do: a 4 MB body, then the answer's first line and how the stream ended

@@ -40,7 +40,7 @@ class _Failing:
 
 def _store(testcase, clock):
     store = SqliteStore(os.path.join(tempfile.mkdtemp(), "relayd.sqlite3"))
-    store._clock = clock  # when failures are logged: the test's time
+    store._clock = store._said.clock = clock  # when failures are logged: the test's time
     testcase.addCleanup(store._pool.close)
     failing = store._pool = _Failing(store._pool)
     return store, failing

@@ -137,11 +137,23 @@ class LimitTests(TestCase):
         self.assertTrue(raw.lost)
 
     def test_max_connections_per_listener(self):
-        """Connections above the listener's cap are refused at accept and counted."""
+        """WebSockets above the listener's cap are refused 503 and counted; its reserve of plain HTTP connections still answers /healthz and /metrics; past the reserve, connections are refused at accept."""
+        from relayd.web.tracker import RESERVE
+
         h = Harness(make_config(TESTEE, base=BASE_WITH_CAP)).start()
         first, second = h.ws("/echo"), h.ws("/echo")
         self.assertTrue(first.opened and second.opened)
+        third = h.ws("/echo")
+        self.assertFalse(third.opened)
+        self.assertEqual(h.http("GET", "/healthz")[0], 200)
+        self.assertEqual(h.http("GET", "/metrics")[0], 200)
+        held = [h.raw() for _ in range(RESERVE)]  # idle HTTP connections take the whole reserve
+        self.assertTrue(all(raw is not None for raw in held))
         self.assertIsNone(h.raw())
+        self.assertEqual(h.service.metrics.registry.get_sample_value(
+            "relayd_connections_rejected_total", {"listener": "main", "reason": "max_connections"}), 2)
+        for raw in held:
+            raw.transport.loseConnection()
         first.sendClose(1000)
         h.flush()
         self.assertTrue(h.ws("/echo").opened)

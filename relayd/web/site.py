@@ -19,12 +19,14 @@ from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
 from twisted.web import http, server
 
+from relayd.logs import Sparse
 from relayd.web.proxy import is_trusted, normal_address
 from relayd.web.tracker import ConnectionTracker
 
 _log = Logger()
 
 HTTP_IDLE_TIMEOUT = 60
+REFUSAL_LOG_INTERVAL = 10.0
 # a refused request's client may still be sending its body: what is read and thrown away before the
 # connection is closed, so that the close is a FIN and the client reads the answer (closing a socket
 # with unread bytes sends a reset: a client still writing its body gets EPIPE or ECONNRESET instead of
@@ -217,6 +219,7 @@ class RelaydSite(server.Site):
         self.metrics = metrics
         self.listener_name = listener_name
         self.send_buffer = send_buffer
+        self._refusals = Sparse(reactor, REFUSAL_LOG_INTERVAL)
         self.noisy = False
 
     def buildProtocol(self, addr):
@@ -230,10 +233,7 @@ class RelaydSite(server.Site):
             slot, reason = self.tracker.acquire(address)
         if slot is None:
             self.reject(reason)
-            _log.warn(
-                "listener {listener}: refused a connection from {address}: {reason}",
-                listener=self.listener_name, address=address, reason=reason,
-            )
+            self.refused(address, reason)
             return None
         channel = super().buildProtocol(addr)
         channel.slot = slot
@@ -244,6 +244,13 @@ class RelaydSite(server.Site):
 
     def reject(self, reason: str) -> None:
         self.metrics.rejected.labels(self.listener_name, reason).inc()
+
+    def refused(self, address: str, reason: str) -> None:
+        """One log line per reason per interval for refused connections: a flood of them is one line."""
+        count = self._refusals.due(reason)
+        if count:
+            _log.warn("listener {listener}: refused {count} connection(s) ({reason}), the last from {address}",
+                      listener=self.listener_name, count=count, reason=reason, address=address)
 
     def acceptableProtocols(self):
         return [b"http/1.1"]
