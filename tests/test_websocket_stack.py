@@ -355,11 +355,11 @@ class BacklogTests(TestCase):
             server.client_address, server.backlog_key = address, None  # as if they came from there
         for _ in range(3):
             b1.send_frame(Frame(b"b" * 100_000))  # 300 KB at .2: at its share, not over
-        a1.send_frame(Frame(b"a" * 100_000))
-        a1.send_frame(Frame(b"a" * 100_000))
-        a2.send_frame(Frame(b"a" * 100_000))
+        a1.send_frame(Frame(b"a" * 120_000))
+        a1.send_frame(Frame(b"a" * 120_000))
+        a2.send_frame(Frame(b"a" * 60_000))
         self.assertTrue(all(s.state == s.STATE_OPEN for s in servers))
-        a2.send_frame(Frame(b"a" * 100_000))  # .1 holds 400 KB: its largest is a1 (200 KB, first)
+        a2.send_frame(Frame(b"a" * 60_000))  # .1 holds 360 KB: its largest holder is a1 (240 KB)
         self.assertEqual(a1.localCloseCode, closecodes.SLOW_CONSUMER)
         self.assertEqual(a2.state, a2.STATE_OPEN)
         self.assertEqual(b1.state, b1.STATE_OPEN)
