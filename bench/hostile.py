@@ -1,8 +1,11 @@
 """
 Figures for docs/security.md: what each abuse of issue-sized scale costs relayd now, on the shipped
-configuration, in memory (no sockets; the memory reactor's clock advanced at the attack's rate).
+configuration. The first figures run in memory (no sockets; the memory reactor's clock advanced at
+the attack's rate); with --processes, attacks whose cost is a process's (memory, the event loop)
+run against relayd started from etc/relayd.ini (only the port and state dir changed) on 127.0.0.1,
+from loopback addresses of their own (tests/attacks.py).
 
-    .venv/bin/python bench/hostile.py
+    .venv/bin/python bench/hostile.py [--processes]
 
 Prints one JSON object per attack.
 """
@@ -99,7 +102,40 @@ def clicker_unknown_verbs(lines: int = 10_000) -> dict:
             "log_lines": len(logged)}
 
 
+def process_figures():
+    """The attacks on a relayd process, each on a fresh one."""
+    import tempfile
+
+    from tests import attacks, processes
+
+    def fresh(relayd: str = ""):
+        directory = tempfile.mkdtemp(prefix="relayd-hostile-")
+        port = processes.free_port()
+        daemon = processes.Relayd(processes.shipped_config(directory, port, relayd), port, directory=directory)
+        daemon.wait_ready()
+        return daemon
+
+    runs = (
+        ("", lambda d: attacks.deaf_phones(d, addresses=4, phones_per_address=24, frame_size=1000 * 1024,
+                                           frames_per_phone=8, bytes_per_second=15 * 2**20)),
+        ("address_byte_rate = 0\n", lambda d: {**attacks.groovejet_flood(
+            d, hosts=20, snapshot_size=60000, seconds=10, host_bytes_per_second=4.25e6),
+            "config": "address_byte_rate = 0 (no budget across an address's connections)"}),
+        ("", lambda d: {**attacks.groovejet_flood(d, hosts=20, snapshot_size=60000, seconds=10,
+                                                  host_bytes_per_second=4.25e6), "config": "shipped"}),
+    )
+    for extra, attack in runs:
+        daemon = fresh(extra)
+        try:
+            yield attack(daemon)
+        finally:
+            daemon.stop()
+
+
 if __name__ == "__main__":
     for figure in (groovejet_rooms(), wikispeedruns_flood(), wikispeedruns_flood(name="x" * 64),
                    clicker_registrations(), clicker_unknown_verbs()):
         print(json.dumps(figure))
+    if "--processes" in sys.argv[1:]:
+        for figure in process_figures():
+            print(json.dumps(figure), flush=True)

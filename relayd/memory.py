@@ -1,6 +1,12 @@
 """
 Memory given back to the system once the clients that held it are gone.
 
+A closed connection's objects are reference cycles (protocol, transport, timers) that only the
+garbage collector frees, and with them what Twisted's write buffer still held for a reader that
+never read: a megabyte a deaf phone. relayd.gcpolicy makes full collections rare, so after backlogs
+released a lot, one full collection runs before the heap is trimmed (measured: 48 deaf phones given
+1 MB frames left about 50 MB in dead transports' buffers until a collection).
+
 CPython allocates objects over 512 bytes with malloc. glibc raises its mmap threshold each time a
 large mmapped block is freed (up to 32 MiB on 64-bit), so after the first burst of large frames
 every later one comes from the heap, which fragments and is not returned when the burst ends: RSS
@@ -13,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 
 from twisted.logger import Logger
 
@@ -52,15 +59,17 @@ def trim() -> bool:
 
 
 class GiveBack:
-    """A periodic check: after backlogs released TRIM_AFTER bytes or more, trim the heap once."""
+    """A periodic check: after backlogs released TRIM_AFTER bytes or more, collect and trim the heap once."""
 
-    def __init__(self, backlogs, trimmer=trim):
+    def __init__(self, backlogs, trimmer=trim, collect=gc.collect):
         self.backlogs = backlogs
         self.trimmer = trimmer
+        self.collect = collect
         self.trims = 0
 
     def __call__(self) -> None:
         if self.backlogs.released >= TRIM_AFTER:
             self.backlogs.released = 0
             self.trims += 1
+            self.collect()
             self.trimmer()

@@ -98,3 +98,108 @@ def deaf_phones(relayd: Relayd, *, addresses: int, phones_per_address: int, fram
         "slow_consumers_closed": closed,
         "reader_frames": f"{reader_got} of {frames_per_phone}",
     }
+
+
+def _frame(payload: bytes) -> bytes:
+    """A masked client text frame (zero mask) ready to send again and again."""
+    n = len(payload)
+    if n < 126:
+        header = bytes((0x81, 0x80 | n))
+    elif n < 65536:
+        header = bytes((0x81, 0x80 | 126)) + n.to_bytes(2, "big")
+    else:
+        header = bytes((0x81, 0x80 | 127)) + n.to_bytes(8, "big")
+    return header + b"\0\0\0\0" + payload
+
+
+def _percentile(values: list, fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else float("nan")
+
+
+def clicker_latency(relayd: Relayd, *, devices: int, seconds: float, rate: float = 10.0,
+                    source: str = "127.0.0.50") -> list:
+    """`devices` clicker devices each sending `rate` SCOREs a second for `seconds`; SCORE-to-SCORED times in ms."""
+    port = relayd.port
+    latencies: list = []
+    lock = threading.Lock()
+
+    def device(index: int):
+        ws = WebSocket(port, "/clicker/ws", source=source)
+        ws.send("REGISTER")
+        ws.receive()
+        stop = time.monotonic() + seconds
+        n = 0
+        while time.monotonic() < stop:
+            n += 1
+            sent = time.monotonic()
+            ws.send(f"SCORE {n} {n * 7}")
+            while True:
+                _, payload = ws.receive()
+                if payload == f"SCORED {n}".encode():
+                    break
+            with lock:
+                latencies.append((time.monotonic() - sent) * 1000)
+            time.sleep(max(0.0, 1.0 / rate - (time.monotonic() - sent)))
+        ws.close()
+
+    threads = [threading.Thread(target=device, args=(i,), daemon=True) for i in range(devices)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(seconds + 30)
+    return latencies
+
+
+def groovejet_flood(relayd: Relayd, *, hosts: int, snapshot_size: int, seconds: float,
+                    host_bytes_per_second: float, devices: int = 10) -> dict:
+    """
+    `hosts` anonymous groovejet hosts on one address send snapshots of `snapshot_size` bytes (each to
+    be made durable) at `host_bytes_per_second` each, while clicker devices on another address score;
+    reports the devices' SCORE-to-SCORED times alone, then during the flood, and the flood's rate.
+    """
+    port = relayd.port
+    quiet = clicker_latency(relayd, devices=devices, seconds=min(5.0, seconds))
+    flooding = threading.Event()
+    sent = [0]
+    lock = threading.Lock()
+
+    def host(index: int):
+        ws = WebSocket(port, "/groovejet", source="127.0.0.2")
+        ws.send_json({"type": "createRoom"})
+        threading.Thread(target=_drain, args=(ws, {}, "acks"), daemon=True).start()
+        frame = _frame(json.dumps({"type": "snapshot", "data": {"state": "s" * snapshot_size}}).encode())
+        started = time.monotonic()
+        count = 0
+        while not flooding.is_set():
+            try:
+                ws.sock.sendall(frame)
+            except OSError:
+                return
+            count += 1
+            with lock:
+                sent[0] += len(frame)
+            ahead = started + count * len(frame) / host_bytes_per_second - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+        ws.close()
+
+    threads = [threading.Thread(target=host, args=(i,), daemon=True) for i in range(hosts)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    loaded = clicker_latency(relayd, devices=devices, seconds=seconds)
+    flooding.set()
+    elapsed = time.monotonic() - started
+    for t in threads:
+        t.join(10)
+    return {
+        "attack": f"groovejet: {hosts} anonymous hosts on one address sending {snapshot_size // 1000} KB snapshots",
+        "flood_mb_per_s_offered": round(sent[0] / elapsed / 1e6, 1),
+        "clicker_scored_ms_alone": {"p50": round(_percentile(quiet, 0.5), 1), "p99": round(_percentile(quiet, 0.99), 1),
+                                    "n": len(quiet)},
+        "clicker_scored_ms_during_flood": {"p50": round(_percentile(loaded, 0.5), 1),
+                                           "p99": round(_percentile(loaded, 0.99), 1), "n": len(loaded)},
+        "address_throttled_reads": relayd.metric("relayd_address_throttled_total", app="groovejet"),
+    }

@@ -57,10 +57,10 @@ class AllocatorTests(TestCase):
 
 class GiveBackTests(TestCase):
     def test_trims_once_enough_was_released(self):
-        """The heap is trimmed once backlogs released TRIM_AFTER bytes since the last look, not before, and only once for them."""
+        """Once closed connections let go of TRIM_AFTER bytes since the last trim (not before, and once for them; frames written are not counted) dead connections are collected, then the heap is trimmed."""
         trims = []
         backlogs = Backlogs(1 << 30, 0)
-        give_back = memory.GiveBack(backlogs, trimmer=lambda: trims.append(1))
+        give_back = memory.GiveBack(backlogs, trimmer=lambda: trims.append("trim"), collect=lambda: trims.append("collect"))
 
         class Connection:
             client_address = "192.0.2.1"
@@ -74,12 +74,18 @@ class GiveBackTests(TestCase):
         give_back()
         self.assertEqual(trims, [])
         for frame in frames[:10]:
-            backlogs.dequeued(connection, frame)
+            backlogs.dequeued(connection, frame)  # written: freed as it went, nothing to collect
         give_back()
-        self.assertEqual(trims, [])  # 10 MiB released: not worth a walk of the heap
-        for frame in frames[10:]:
-            backlogs.dequeued(connection, frame)
+        self.assertEqual(trims, [])
+        for frame in frames[10:18]:
+            backlogs.dequeued(connection, frame, dropped=True)
         give_back()
-        self.assertEqual(trims, [1])  # 20 MiB in all since the last trim
+        self.assertEqual(trims, [])  # 8 MiB let go by a closed connection: not worth a walk of the heap
+        for frame in frames[18:]:
+            backlogs.dequeued(connection, frame, dropped=True)
+        backlogs.buffered(connection, 6 << 20)
+        backlogs.buffered(connection, -(6 << 20), dropped=True)
         give_back()
-        self.assertEqual(trims, [1])
+        self.assertEqual(trims, ["collect", "trim"])  # 16 MiB in all since the last trim
+        give_back()
+        self.assertEqual(trims, ["collect", "trim"])

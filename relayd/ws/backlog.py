@@ -50,7 +50,7 @@ class Backlogs:
         self.held = 0  # bytes held, each frame once
         self.holders: set = set()  # connections holding anything
         self.by_address: Counter = Counter()  # address key -> what its connections hold
-        self.released = 0  # bytes let go since relayd.memory last gave memory back
+        self.released = 0  # bytes closed connections let go since relayd.memory last gave memory back
         self.reading = None  # the connection whose read is being handled now
         self._on_shed = on_shed  # (connection, why) -> None: closes the connection as a slow consumer
 
@@ -64,19 +64,23 @@ class Backlogs:
         frame.queued += 1
         self._add(connection, size)
 
-    def dequeued(self, connection, frame) -> None:
-        """A frame left a connection's queue (written, replaced, or the queue dropped)."""
+    def dequeued(self, connection, frame, dropped: bool = False) -> None:
+        """A frame left a connection's queue: written, replaced, or `dropped` with a closed connection's queue."""
         size = len(frame)
         frame.queued -= 1
         if not frame.queued:
             self.held -= size
-            self.released += size
+            if dropped:
+                self.released += size
         self._add(connection, -size)
 
-    def buffered(self, connection, size: int) -> None:
-        """Bytes the connection left in Twisted's buffer when it was paused (negative once it resumes)."""
+    def buffered(self, connection, size: int, dropped: bool = False) -> None:
+        """
+        Bytes the connection left in Twisted's buffer when it was paused; negative once it resumes, or
+        once it closed (`dropped`: the buffer goes with the dead transport, freed by the collector).
+        """
         self.held += size
-        if size < 0:
+        if dropped:
             self.released -= size
         self._add(connection, size)
 

@@ -505,9 +505,9 @@ class RelaydProtocol(WebSocketServerProtocol):
         backlogs = self._backlogs
         if queue:
             for frame in queue:
-                backlogs.dequeued(self, frame.frame if type(frame) is _Latest else frame)
+                backlogs.dequeued(self, frame.frame if type(frame) is _Latest else frame, dropped=True)
         if self._in_transport:
-            backlogs.buffered(self, -self._in_transport)
+            backlogs.buffered(self, -self._in_transport, dropped=True)
             self._in_transport = 0
 
     def shed(self, why: str) -> None:
