@@ -46,6 +46,9 @@ RELAYD_CONFIG = """
 [relayd]
 state_dir = {state}
 log_level = warn
+; the generator sends from one address: the budget across an address's connections is lifted with the
+; other abuse limits
+address_byte_rate = 0
 
 [listener:main]
 endpoint = tcp:{port}:interface=127.0.0.1

@@ -49,11 +49,20 @@ def describe(loaded: Config) -> str:
         f"relayd {relayd.__version__}: {loaded.path}: OK, listeners {', '.join(loaded.listeners)}; "
         f"apps {', '.join(f'{n} at {a.path}' for n, a in loaded.apps.items()) or 'none'}"
     ]
+    daemon = loaded.daemon
+    total, share = daemon.backlog_bounds()
+    address_rate = (f"{_size(daemon.address_byte_rate)}/s, burst {_size(daemon.address_byte_burst)}"
+                    if daemon.address_byte_rate else "unlimited")
+    lines.append(
+        f"process: send backlogs {_size(total)}{' (auto)' if daemon.max_total_backlog is None else ''}, "
+        f"per address {_size(share) if share else 'unlimited'}; one address sends {address_rate}"
+    )
     for name, listener in loaded.listeners.items():
         proxies = ", ".join(str(n) for n in listener.trusted_proxies) or "none"
         lines.append(
             f"listener {name}: {listener.endpoint.description}; max_connections {listener.max_connections}, "
-            f"per address {listener.max_connections_per_address or 'unlimited'}; trusted proxies {proxies}"
+            f"per address {listener.max_connections_per_address or 'unlimited'}; trusted proxies {proxies}; "
+            f"send buffer {_size(listener.send_buffer) if listener.send_buffer else 'kernel'}"
         )
         for app_name, app in loaded.apps.items():
             if name not in app.listeners:

@@ -472,3 +472,47 @@ class UpgradeParsedOnceTests(TestCase):
             with self.assertRaises(Refused, msg=name) as refused:
                 checked_upgrade(request, self.factory.versions)
             self.assertEqual(refused.exception.code, status, name)
+
+
+class ReactorClockInternalsTests(TestCase):
+    def test_a_reactor_reads_time_only_through_its_seconds(self):
+        """A reactor given another clock (run_reactor_on) stamps its timers with it and runs them by it: a wall clock stepped back 30 s delays nothing."""
+        import time as _time
+
+        from twisted.internet.selectreactor import SelectReactor
+
+        from relayd._internals import run_reactor_on
+        from relayd.clock import SteadyClock
+
+        wall = [1_000_000.0]
+        steady = [50.0]
+        clock = SteadyClock(wall=lambda: wall[0], monotonic=lambda: steady[0])
+        reactor = SelectReactor()
+        run_reactor_on(reactor, clock.seconds)
+        self.patch(_time, "time", lambda: wall[0])
+        fired = []
+        call = reactor.callLater(5, fired.append, "due")
+        self.assertEqual(call.getTime(), 1_000_005.0)
+        wall[0] -= 30  # the system clock steps back
+        steady[0] += 5
+        self.assertEqual(reactor.timeout(), 0)
+        reactor.runUntilCurrent()
+        self.assertEqual(fired, ["due"])
+
+    def test_steady_clock_reads_like_wall_time_and_moves_only_with_the_monotonic_clock(self):
+        """SteadyClock starts at the wall time and advances by the monotonic clock alone."""
+        from relayd.clock import SteadyClock
+
+        wall, steady = [1_700_000_000.0], [10.0]
+        clock = SteadyClock(wall=lambda: wall[0], monotonic=lambda: steady[0])
+        self.assertEqual(clock.seconds(), 1_700_000_000.0)
+        wall[0] += 3600
+        steady[0] += 2
+        self.assertEqual(clock.seconds(), 1_700_000_002.0)
+
+    def test_twisted_write_buffer_fields(self):
+        """buffered_bytes reads FileDescriptor's write buffer by the names Twisted keeps it under."""
+        from twisted.internet.abstract import FileDescriptor
+
+        for name in ("dataBuffer", "offset", "_tempDataLen", "_tempDataBuffer"):
+            self.assertIn(f"self.{name}", inspect.getsource(FileDescriptor))

@@ -89,3 +89,15 @@ class GiveBackTests(TestCase):
         self.assertEqual(trims, ["collect", "trim"])  # 16 MiB in all since the last trim
         give_back()
         self.assertEqual(trims, ["collect", "trim"])
+
+
+class DefaultBoundTests(TestCase):
+    def test_auto_total_follows_the_machine(self):
+        """max_total_backlog = auto is 1/32 of the machine's memory in whole MiB, at least 64 MiB and at most 1 GiB."""
+        from relayd.ws.backlog import default_total
+
+        self.assertEqual(default_total(24 * 2**30), 768 * 2**20)
+        self.assertEqual(default_total(1 * 2**30), 64 * 2**20)
+        self.assertEqual(default_total(256 * 2**30), 1024 * 2**20)
+        self.assertEqual(default_total(0), 256 * 2**20)  # the platform does not say
+        self.assertEqual(default_total(24 * 2**30 + 12345) % 2**20, 0)

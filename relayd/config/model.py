@@ -106,7 +106,7 @@ class DaemonConfig:
         from relayd.ws.backlog import default_total
 
         total = self.max_total_backlog if self.max_total_backlog is not None else default_total()
-        share = self.max_backlog_per_address if self.max_backlog_per_address is not None else total // 4
+        share = self.max_backlog_per_address if self.max_backlog_per_address is not None else total // 4 // 2**20 * 2**20
         return total, share
 
 

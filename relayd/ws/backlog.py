@@ -40,7 +40,7 @@ def default_total(memory: int | None = None) -> int:
     memory = machine_memory() if memory is None else memory
     if memory <= 0:
         return 256 * _MIB
-    return max(64 * _MIB, min(1024 * _MIB, memory // 32))
+    return max(64 * _MIB, min(1024 * _MIB, memory // 32 // _MIB * _MIB))
 
 
 class Backlogs:
