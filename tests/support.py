@@ -236,3 +236,18 @@ class Harness:
     def advance(self, seconds: float):
         self.reactor.advance(seconds)
         self.flush()
+
+
+def log_lines(testcase, namespace: str) -> list:
+    """The log events of one namespace (a module's logger) while the test runs, as they come."""
+    from twisted.logger import globalLogPublisher
+
+    lines: list = []
+
+    def observe(event):
+        if event.get("log_namespace") == namespace:
+            lines.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    testcase.addCleanup(globalLogPublisher.removeObserver, observe)
+    return lines

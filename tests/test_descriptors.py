@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from relayd import descriptors
 from relayd.web.tracker import RESERVE, ConnectionTracker
+from tests.support import log_lines
 
 
 class _Limits:
@@ -28,10 +28,7 @@ class _Limits:
 
 class FitTests(TestCase):
     def setUp(self):
-        self.lines = []
-        observer = lambda e: self.lines.append(e) if e.get("log_namespace") == "relayd.descriptors" else None
-        globalLogPublisher.addObserver(observer)
-        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        self.lines = log_lines(self, "relayd.descriptors")
 
     def test_soft_limit_raised_to_what_is_needed(self):
         """A soft limit below what the listeners need is raised (within the hard limit); nothing is lowered or logged."""

@@ -11,12 +11,11 @@ import tempfile
 
 from twisted.internet import defer
 from twisted.internet.task import Clock
-from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from relayd.errors import StoreUnavailable
 from relayd.store import FAILURE_LOG_INTERVAL, SqliteStore
-from tests.support import Harness, make_config
+from tests.support import log_lines, Harness, make_config
 
 
 class _Failing:
@@ -48,10 +47,7 @@ def _store(testcase, clock):
 
 class StoreFailureTests(TestCase):
     def setUp(self):
-        self.lines = []
-        observer = lambda event: self.lines.append(event) if event.get("log_namespace") == "relayd.store" else None
-        globalLogPublisher.addObserver(observer)
-        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        self.lines = log_lines(self, "relayd.store")
 
     def test_failed_write_is_unavailable_and_logged_once_per_interval(self):
         """Writes that fail with a full disk fail as StoreUnavailable and leave the store failing; ten of them in one interval are one log line; the next interval's first is another."""
