@@ -356,6 +356,20 @@ class LobbyBoundsTests(TestCase):
         self.assertEqual(clients[3].close_code, 1013)
         self.assertFalse(any(c.closed for c in clients[:3]))
 
+    def test_a_join_refused_gives_its_quota_back(self):
+        """A wait_start refused (a name over max_name_length) does not spend its address's join quota: the address's good joins after it are all served."""
+        h = harness("joins_per_address = 3\njoin_window = 3600")
+        for _ in range(5):
+            bad = h.ws("/wikispeedruns")
+            bad.send_json({"type": "wait_start", "user": "x" * 500, "lobby_id": 1, "prompt_id": 1})
+            settle(h)
+        clients = [h.ws("/wikispeedruns") for _ in range(3)]
+        for n, c in enumerate(clients):
+            c.send_json({"type": "wait_start", "user": f"u{n}", "lobby_id": 1, "prompt_id": 1})
+            settle(h)
+        self.assertFalse(any(c.closed for c in clients))
+        self.assertEqual(updates(clients[0])[-1], ["u0", "u1", "u2"])
+
     def test_slow_member_gets_only_the_newest_roster(self):
         """A member that does not read holds one queued roster, the newest, not one per join."""
         h = harness()
