@@ -102,18 +102,87 @@ def clicker_unknown_verbs(lines: int = 10_000) -> dict:
             "log_lines": len(logged)}
 
 
+def clicker_registrations_in_flight(in_flight: int = 250) -> dict:
+    """REGISTERs from one address all in flight at once (the store slow to answer), on the shipped quota."""
+    from relayd import config as relayd_config
+    from tests.apps.test_clicker import SlowStore
+    from tests.support import Harness
+    from tests.test_shipped_config import shipped_text
+
+    store = SlowStore()
+    h = Harness(relayd_config.loads(shipped_text(), path="relayd.ini"), store=store).start()
+    devices = [h.ws("/clicker/ws") for _ in range(in_flight)]
+    for device in devices:
+        device.send_text("REGISTER")
+    h.flush()
+    written = len(store.pending)
+    store.release()
+    h.flush()
+    replies = [d.take()[0].split(" ")[0] for d in devices if d.messages]
+    return {"attack": f"{in_flight} anonymous REGISTERs in flight together from one address (quota 200 an hour)",
+            "identities_written": written, "registered": replies.count("REGISTERED"),
+            "refused": replies.count("ERROR")}
+
+
+def gameroom_fill(hours: float = 9.0) -> dict:
+    """Anonymous creates from one address as fast as its quota allows for `hours`; nobody joins them."""
+    h = shipped()
+    body = json.dumps({"engine": "counter@1", "seed": 7, "players": 2}).encode()
+    answers: dict[int, int] = {}
+    attacker = {"X-Forwarded-For": "192.0.2.66"}  # the shipped listener trusts loopback's header
+    for _ in range(int(hours * 3600 / 30)):
+        status = h.http("POST", "/gameroom/create", body, attacker)[0]
+        answers[status] = answers.get(status, 0) + 1
+        h.advance(30)
+    core = h.app("gameroom").core
+    live = sum(1 for r in core.rooms.values() if r.ended is None)
+    other = h.http("POST", "/gameroom/create", body, {"X-Forwarded-For": "198.51.100.7"})[0]
+    return {"attack": f"anonymous gameroom creates from one address every 30 s for {hours:g} h, nobody joins",
+            "answers": answers, "rooms_held_at_the_end": len(core.rooms), "live_rooms_of_the_address": live,
+            "max_rooms": core.settings.max_rooms, "another_address_creates": other}
+
+
 def process_figures():
     """The attacks on a relayd process, each on a fresh one."""
     import tempfile
 
     from tests import attacks, processes
 
-    def fresh(relayd: str = ""):
+    def fresh(relayd: str = "", **kwargs):
         directory = tempfile.mkdtemp(prefix="relayd-hostile-")
         port = processes.free_port()
-        daemon = processes.Relayd(processes.shipped_config(directory, port, relayd), port, directory=directory)
+        daemon = processes.Relayd(processes.shipped_config(directory, port, relayd), port, directory=directory,
+                                  **kwargs)
         daemon.wait_ready()
         return daemon
+
+    double = tempfile.mkdtemp(prefix="relayd-clock-")
+    with open(os.path.join(double, "sitecustomize.py"), "w") as f:
+        f.write(attacks.CLOCK_DOUBLE)
+    daemon = fresh(env={"PYTHONPATH": double})
+    try:
+        yield attacks.stepped_clock(daemon)
+    finally:
+        daemon.stop()
+
+    import resource
+
+    daemon = fresh(preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256)))
+    try:
+        yield attacks.low_descriptor_limit(daemon, 400)
+    finally:
+        daemon.stop()
+
+    disk, why = processes.mount_tmpfs("2m")
+    if disk is None:
+        yield {"fault": "full disk", "not run": f"cannot mount a tmpfs: {why}"}
+    else:
+        daemon = fresh(f"store = {os.path.join(disk, 'relayd.sqlite3')}\n")
+        try:
+            yield attacks.full_disk(daemon, disk)
+        finally:
+            daemon.stop()
+            processes.unmount(disk)
 
     runs = (
         ("", lambda d: attacks.deaf_phones(d, addresses=4, phones_per_address=24, frame_size=1000 * 1024,
@@ -134,7 +203,8 @@ def process_figures():
 
 if __name__ == "__main__":
     for figure in (groovejet_rooms(), wikispeedruns_flood(), wikispeedruns_flood(name="x" * 64),
-                   clicker_registrations(), clicker_unknown_verbs()):
+                   clicker_registrations(), clicker_registrations_in_flight(), clicker_unknown_verbs(),
+                   gameroom_fill()):
         print(json.dumps(figure))
     if "--processes" in sys.argv[1:]:
         for figure in process_figures():

@@ -203,3 +203,107 @@ def groovejet_flood(relayd: Relayd, *, hosts: int, snapshot_size: int, seconds: 
                                            "p99": round(_percentile(loaded, 0.99), 1), "n": len(loaded)},
         "address_throttled_reads": relayd.metric("relayd_address_throttled_total", app="groovejet"),
     }
+
+
+# ---- a misbehaving machine ---------------------------------------------------------------------
+
+# a stand-in for the system clock, loaded by sitecustomize: time.time() stepped back 30 s at each
+# SIGUSR2, the monotonic clock untouched
+CLOCK_DOUBLE = """
+import signal, time
+_wall = time.time
+_offset = [0.0]
+time.time = lambda: _wall() + _offset[0]
+def _step(signum, frame):
+    _offset[0] -= 30.0
+signal.signal(signal.SIGUSR2, _step)
+"""
+
+
+def stepped_clock(relayd: Relayd) -> dict:
+    """A connection that sends nothing, the wall clock stepped back 30 s half a second later: when is it cut?"""
+    import os
+    import signal
+    import socket
+
+    silent = socket.create_connection(("127.0.0.1", relayd.port))
+    opened = time.monotonic()
+    time.sleep(0.5)
+    os.kill(relayd.pid, signal.SIGUSR2)
+    silent.settimeout(20)
+    try:
+        ended = "closed" if silent.recv(1) == b"" else "data"
+    except socket.timeout:
+        ended = "still open after 20 s"
+    except ConnectionResetError:
+        ended = "reset"
+    finally:
+        silent.close()
+    return {"fault": "wall clock stepped back 30 s while a connection sends no request (head deadline 5 s)",
+            "connection": ended, "seconds_until_cut": round(time.monotonic() - opened, 1),
+            "healthz": relayd.get("/healthz")[0]}
+
+
+def full_disk(relayd: Relayd, disk: str) -> dict:
+    """The store's disk filled up while clicker devices register, then freed: answers, readiness, log."""
+    import os
+
+    first = WebSocket(relayd.port, "/clicker/ws")
+    first.send("REGISTER")
+    before = first.receive()[1].split(b" ")[0].decode()
+    filler = os.path.join(disk, "filler")
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass  # the disk is full
+    answers = []
+    close = None
+    for _ in range(50):  # until a write needs space the database does not have
+        device = WebSocket(relayd.port, "/clicker/ws")
+        device.send("REGISTER")
+        answers.append(device.receive()[1].decode())
+        if answers[-1].startswith("ERROR"):
+            close = int.from_bytes(device.receive()[1][:2], "big")
+            break
+    readyz_full = relayd.get("/readyz")
+    os.unlink(filler)
+    freed = time.monotonic()
+    while relayd.get("/readyz")[0] != 200 and time.monotonic() - freed < 15:
+        time.sleep(0.1)
+    ready_after = round(time.monotonic() - freed, 1)
+    again = WebSocket(relayd.port, "/clicker/ws")
+    again.send("REGISTER")
+    log = relayd.log()
+    return {"fault": "state dir on a 2 MiB tmpfs that fills up, then is freed",
+            "register_before": before, "registers_until_refused": len(answers), "refused_with": answers[-1],
+            "close_code": close, "readyz_while_full": readyz_full, "seconds_to_ready_after_freeing": ready_after,
+            "register_after": again.receive()[1].split(b" ")[0].decode(),
+            "store_log_lines": log.count("store: writes failing"), "tracebacks": log.count("Traceback")}
+
+
+def low_descriptor_limit(relayd: Relayd, connections: int = 400) -> dict:
+    """`connections` WebSocket upgrades from two addresses at a low descriptor limit; health and metrics meanwhile."""
+    clients, refused = [], 0
+    for n in range(connections):
+        try:
+            ws = WebSocket(relayd.port, "/clicker/ws", source=f"127.0.0.{2 + n % 2}", timeout=5)
+        except (OSError, ConnectionError):
+            refused += 1
+            continue
+        if ws.status == 101:
+            clients.append(ws)
+        else:
+            refused += 1
+            ws.close()
+    health = [relayd.get("/healthz")[0] for _ in range(5)]
+    metrics = [relayd.get("/metrics")[0] for _ in range(5)]
+    for ws in clients:
+        ws.close()
+    log = relayd.log()
+    return {"fault": f"{connections} WebSocket upgrades at a low descriptor limit", "served": len(clients),
+            "refused": refused, "healthz": health, "metrics": metrics,
+            "lowered": [line.split("] ", 1)[1] for line in log.splitlines() if "descriptor limit" in line],
+            "emfile_lines": log.count("EMFILE"), "log_lines": len(log.splitlines())}

@@ -193,3 +193,17 @@ class WebSocket:
             self.sock.close()
         except OSError:
             pass
+
+
+def mount_tmpfs(size: str) -> tuple[str | None, str]:
+    """A fresh tmpfs of `size` mounted on a new directory: (its path, '') or (None, why it could not be)."""
+    path = tempfile.mkdtemp(prefix="relayd-tmpfs-")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", path],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        return None, mounted.stderr.strip() or f"mount exited {mounted.returncode}"
+    return path, ""
+
+
+def unmount(path: str) -> None:
+    subprocess.run(["umount", "-l", path], capture_output=True)

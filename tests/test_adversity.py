@@ -9,39 +9,11 @@ from __future__ import annotations
 
 import os
 import resource
-import signal
-import socket
-import subprocess
 import tempfile
-import time
 
 from twisted.trial.unittest import SkipTest, TestCase
 
-from tests import processes
-from tests.attacks import deaf_phones
-
-MB = 2**20
-
-# a stand-in for the system clock: time.time() stepped back 30 s at each SIGUSR2, the monotonic clock untouched
-_CLOCK_DOUBLE = """
-import signal, time
-_wall = time.time
-_offset = [0.0]
-time.time = lambda: _wall() + _offset[0]
-def _step(signum, frame):
-    _offset[0] -= 30.0
-signal.signal(signal.SIGUSR2, _step)
-"""
-
-
-def _wait(condition, what: str, timeout: float):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+from tests import attacks, processes
 
 
 class DeafReaderTests(TestCase):
@@ -54,7 +26,7 @@ class DeafReaderTests(TestCase):
         16 MB of where it started.
         """
         relayd = processes.start(self, relayd="max_total_backlog = 32M\n")
-        figures = deaf_phones(relayd, addresses=6, phones_per_address=4, frame_size=256 * 1024,
+        figures = attacks.deaf_phones(relayd, addresses=6, phones_per_address=4, frame_size=256 * 1024,
                               frames_per_phone=16)
         rise = figures["rss_peak_mb"] - figures["rss_before_mb"]
         self.assertLess(rise, 64, figures)
@@ -69,34 +41,22 @@ class SteppedClockTests(TestCase):
         """A connection that sends nothing is cut at the 5 s request-head deadline although the system clock was stepped back 30 s meanwhile (a stand-in for time.time(), stepped by a signal)."""
         double = tempfile.mkdtemp(prefix="relayd-clock-")
         with open(os.path.join(double, "sitecustomize.py"), "w") as f:
-            f.write(_CLOCK_DOUBLE)
+            f.write(attacks.CLOCK_DOUBLE)
         relayd = processes.start(self, env={"PYTHONPATH": double})
-        silent = socket.create_connection(("127.0.0.1", relayd.port))
-        self.addCleanup(silent.close)
-        opened = time.monotonic()
-        time.sleep(0.5)
-        os.kill(relayd.pid, signal.SIGUSR2)  # the wall clock goes back 30 s
-        silent.settimeout(20)
-        try:
-            self.assertEqual(silent.recv(1), b"")  # closed by relayd
-        except socket.timeout:
-            self.fail("the silent connection was still open 20 s later")
-        except ConnectionResetError:
-            pass  # aborted: closed all the same
-        self.assertLess(time.monotonic() - opened, 10)
-        self.assertEqual(relayd.get("/healthz")[0], 200)
+        figures = attacks.stepped_clock(relayd)
+        self.assertIn(figures["connection"], ("closed", "reset"), figures)
+        self.assertLess(figures["seconds_until_cut"], 10, figures)
+        self.assertEqual(figures["healthz"], 200)
 
 
 class FullDiskTests(TestCase):
     def _tmpfs(self, size: str) -> str:
-        path = tempfile.mkdtemp(prefix="relayd-tmpfs-")
-        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", path],
-                                 capture_output=True, text=True)
-        if mounted.returncode != 0:
+        path, why = processes.mount_tmpfs(size)
+        if path is None:
             if os.environ.get("RELAYD_REQUIRE_PRIVILEGED"):
-                self.fail(f"cannot mount a tmpfs: {mounted.stderr.strip()}")
-            raise SkipTest(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
-        self.addCleanup(subprocess.run, ["umount", "-l", path], capture_output=True)
+                self.fail(f"cannot mount a tmpfs: {why}")
+            raise SkipTest(f"cannot mount a tmpfs here (needs root): {why}")
+        self.addCleanup(processes.unmount, path)
         return path
 
     def test_a_full_disk_is_unavailable_not_an_error_and_recovers(self):
@@ -108,37 +68,16 @@ class FullDiskTests(TestCase):
         """
         disk = self._tmpfs("2m")
         relayd = processes.start(self, relayd=f"store = {os.path.join(disk, 'relayd.sqlite3')}\n")
-        first = processes.WebSocket(relayd.port, "/clicker/ws")
-        first.send("REGISTER")
-        self.assertTrue(first.receive()[1].startswith(b"REGISTERED "))
-        filler = os.path.join(disk, "filler")
-        with open(filler, "wb") as f:
-            try:
-                while True:
-                    f.write(b"\0" * 65536)
-                    f.flush()
-            except OSError:
-                pass  # the disk is full
-        answers = []
-        for _ in range(50):  # until a write needs space the database does not have
-            device = processes.WebSocket(relayd.port, "/clicker/ws")
-            device.send("REGISTER")
-            answers.append(device.receive())
-            if answers[-1][1].startswith(b"ERROR"):
-                self.assertEqual(device.receive()[1][:2], (1013).to_bytes(2, "big"))
-                break
-        self.assertEqual(answers[-1], (1, b"ERROR unavailable the score store is unreachable; retry"), answers[-3:])
-        status, body = relayd.get("/readyz")
-        self.assertEqual(status, 503)
-        self.assertIn("store: writes failing (disk_full", body)
-        os.unlink(filler)
-        _wait(lambda: relayd.get("/readyz")[0] == 200, "/readyz 200 once the disk has room", 15)
-        again = processes.WebSocket(relayd.port, "/clicker/ws")
-        again.send("REGISTER")
-        self.assertTrue(again.receive()[1].startswith(b"REGISTERED "))
-        log = relayd.log()
-        self.assertLessEqual(log.count("store: writes failing"), 2, log[-3000:])
-        self.assertNotIn("Traceback", log)
+        figures = attacks.full_disk(relayd, disk)
+        self.assertEqual(figures["register_before"], "REGISTERED", figures)
+        self.assertEqual(figures["refused_with"], "ERROR unavailable the score store is unreachable; retry", figures)
+        self.assertEqual(figures["close_code"], 1013, figures)
+        self.assertEqual(figures["readyz_while_full"][0], 503, figures)
+        self.assertIn("store: writes failing (disk_full", figures["readyz_while_full"][1])
+        self.assertLess(figures["seconds_to_ready_after_freeing"], 15, figures)
+        self.assertEqual(figures["register_after"], "REGISTERED", figures)
+        self.assertIn(figures["store_log_lines"], (1, 2), figures)
+        self.assertEqual(figures["tracebacks"], 0, figures)
 
 
 class DescriptorLimitTests(TestCase):
@@ -152,25 +91,11 @@ class DescriptorLimitTests(TestCase):
         if soft < 1024:
             resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 1024), hard))
         relayd = processes.start(self, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256)))
-        self.assertIn("descriptor limit 256", relayd.log())
-        clients, refused = [], 0
-        for n in range(400):
-            try:
-                ws = processes.WebSocket(relayd.port, "/clicker/ws", source=f"127.0.0.{2 + n % 2}", timeout=5)
-            except (OSError, ConnectionError):
-                refused += 1
-                continue
-            if ws.status == 101:
-                clients.append(ws)
-            else:
-                refused += 1
-                ws.close()
-        self.addCleanup(lambda: [ws.close() for ws in clients])
-        self.assertGreater(len(clients), 100)
-        self.assertGreater(refused, 0)
-        for _ in range(5):
-            self.assertEqual(relayd.get("/healthz")[0], 200)
-            self.assertEqual(relayd.get("/metrics")[0], 200)
-        log = relayd.log()
-        self.assertNotIn("EMFILE", log)
-        self.assertLess(len(log.splitlines()), 40, log[-3000:])
+        figures = attacks.low_descriptor_limit(relayd, 400)
+        self.assertEqual(len(figures["lowered"]), 1, figures)
+        self.assertIn("descriptor limit 256", figures["lowered"][0])
+        self.assertGreater(figures["served"], 100, figures)
+        self.assertGreater(figures["refused"], 0, figures)
+        self.assertEqual(figures["healthz"] + figures["metrics"], [200] * 10, figures)
+        self.assertEqual(figures["emfile_lines"], 0, figures)
+        self.assertLess(figures["log_lines"], 40, figures)
