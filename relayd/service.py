@@ -28,6 +28,7 @@ from relayd.logs import make_observer
 from relayd.memory import GiveBack
 from relayd.metrics import Metrics
 from relayd.periodic import Periodic
+from relayd.statelock import StateInUse, StateLock
 from relayd.store import SqliteStore
 from relayd.web.demo import demo_page
 from relayd.web.resources import AppMount, Health, Metrics as MetricsPage, Readiness
@@ -140,13 +141,28 @@ class RelaydService(MultiService):
             return self.store.probe().addErrback(lambda failure: failure.trap(StoreUnavailable))
         return None
 
+    state_lock = None
+
     def _open_store(self):
         path = self.config.daemon.store or os.path.join(self.state_dir, "relayd.sqlite3")
         try:
-            os.makedirs(self.state_dir, exist_ok=True)
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            self.state_lock = StateLock(path).acquire()
+        except StateInUse as e:
+            raise StartupError(str(e)) from None
+        except OSError as e:
+            raise StartupError(f"cannot lock the state store {path}: {e}") from None
+        try:
             return SqliteStore(path, reactor=self.reactor)
         except Exception as e:
+            self.state_lock.release()
             raise StartupError(f"cannot open the state store {path}: {e}") from None
+
+    def _close_store(self):
+        d = defer.maybeDeferred(self.store.close)
+        if self.state_lock is not None:
+            d.addBoth(lambda result: (self.state_lock.release(), result)[1])
+        return d
 
     def setServiceParent(self, parent):
         # twistd asks the application for an ILogObserver before it starts logging: that is where the
@@ -165,8 +181,8 @@ class RelaydService(MultiService):
         try:
             super().privilegedStartService()
         except BaseException:
-            # start-up failed (a port in use): release the store's database thread before leaving
-            self.store.close()
+            # start-up failed (a port in use): release the store's database thread and lock before leaving
+            self._close_store()
             raise
 
     @defer.inlineCallbacks
@@ -243,6 +259,6 @@ class RelaydService(MultiService):
                 yield defer.maybeDeferred(app.stop)
             except Exception:
                 _log.failure("app {app} failed to stop cleanly", app=name)
-        yield self.store.close()
+        yield self._close_store()
         _log.info("relayd stopped")
 

@@ -99,3 +99,21 @@ class DescriptorLimitTests(TestCase):
         self.assertEqual(figures["healthz"] + figures["metrics"], [200] * 10, figures)
         self.assertEqual(figures["emfile_lines"], 0, figures)
         self.assertLess(figures["log_lines"], 40, figures)
+
+
+class SecondProcessTests(TestCase):
+    def test_a_second_relayd_on_one_state_dir_is_refused(self):
+        """A second relayd started on a running one's state dir exits non-zero with one line naming the lock and the first's pid; the first serves on."""
+        first = processes.start(self)
+        port = processes.free_port()
+        with open(os.path.join(first.directory, "relayd.ini")) as f:
+            config = f.read().replace(f"tcp:{first.port}:", f"tcp:{port}:")
+        directory = tempfile.mkdtemp(prefix="relayd-second-")
+        path = os.path.join(directory, "relayd.ini")
+        with open(path, "w") as f:
+            f.write(config)
+        second = processes.Relayd(path, port, directory=directory)
+        self.addCleanup(second.stop)
+        self.assertNotEqual(second.process.wait(30), 0)
+        self.assertIn(f"is held by another relayd (pid {first.pid})", second.log())
+        self.assertEqual(first.get("/readyz")[0], 200)

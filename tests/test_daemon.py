@@ -113,3 +113,23 @@ class DrainTests(TestCase):
         h.advance(11)
         self.assertEqual(done, [None])
         self.assertEqual(len(h.service.listeners["main"].tracker), 0)
+
+
+class StateLockTests(TestCase):
+    def test_a_second_daemon_on_one_state_store_is_refused(self):
+        """A second RelaydService on a state dir whose store another holds stops start-up with one line naming the lock and its holder's pid; once the first is stopped, a new one starts."""
+        import os
+        import tempfile
+
+        from relayd.listener import StartupError
+        from relayd.service import RelaydService
+        from tests.support import make_config
+
+        state = tempfile.mkdtemp(prefix="relayd-state-")
+        config = make_config(state_dir=state)
+        first = RelaydService(config)
+        with self.assertRaises(StartupError) as refused:
+            RelaydService(config)
+        self.assertIn(os.path.join(state, "relayd.sqlite3.lock"), refused.exception.message)
+        self.assertIn(f"pid {os.getpid()}", refused.exception.message)
+        return first._close_store().addCallback(lambda _: RelaydService(config)._close_store())
