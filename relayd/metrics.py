@@ -90,6 +90,10 @@ class Metrics:
         )
         self.bus_up = Gauge("relayd_bus_up", "1 while the bus reaches every node (always 1 in memory)", registry=r)
         self.bus_up.set(1)
+        self.redis_persistent = Gauge(
+            "relayd_redis_persistent", "1 while Redis says it persists (appendonly yes), 0 when it does not",
+            registry=r,
+        )
         self.bus_published = Counter("relayd_bus_published", "Messages this node sent to other nodes", registry=r)
         self.bus_received = Counter("relayd_bus_received", "Messages this node received from other nodes", registry=r)
         self.bus_dropped = Counter(

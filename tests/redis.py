@@ -35,13 +35,15 @@ def redis_binary() -> str:
 class RedisServer:
     """tls=(key file, certificate chain file) serves TLS only; password sets requirepass."""
 
-    def __init__(self, testcase, tls: tuple[str, str] | None = None, password: str | None = None):
+    def __init__(self, testcase, tls: tuple[str, str] | None = None, password: str | None = None,
+                 appendonly: bool = False):
         self.binary = redis_binary()
         self.port = free_port()
         self.directory = tempfile.mkdtemp(prefix="relayd-redis-")
         self.process: subprocess.Popen | None = None
         self.tls = tls
         self.password = password
+        self.appendonly = appendonly
         testcase.addCleanup(self.kill)
 
     @property
@@ -49,7 +51,8 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def _options(self) -> list[str]:
-        options = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", self.directory,
+        options = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "yes" if self.appendonly else "no",
+                   "--dir", self.directory,
                    "--logfile", os.path.join(self.directory, "redis.log")]
         if self.tls is None:
             options += ["--port", str(self.port)]

@@ -817,3 +817,36 @@ class GameroomAcrossNodes(ClusterTestCase):
             p.client.sendClose(1000)
             yield p.client.when_closed
 
+
+
+class RedisDurabilityTests(ClusterTestCase):
+    @defer.inlineCallbacks
+    def _node_on(self, appendonly: bool):
+        self.redis = RedisServer(self, appendonly=appendonly)
+        yield self.redis.start()
+        node = Daemon(self, node_config(self.redis.url))
+        yield until(lambda: node.service.cluster.durable is not None, what="the node to ask redis whether it persists")
+        return node
+
+    @defer.inlineCallbacks
+    def test_a_redis_without_persistence_is_said_loudly(self):
+        """On a Redis with appendonly no, a node says at connect, at warn, that a Redis restart with a node loses what it acknowledged, and relayd_redis_persistent is 0; with appendonly yes it is 1 and nothing is warned."""
+        from tests.support import log_lines
+
+        lines = log_lines(self, "relayd.backplane.cluster")
+        node = yield self._node_on(appendonly=False)
+        self.assertFalse(node.service.cluster.durable)
+        warned = [e for e in lines if "keeps nothing across its own restart" in e["log_format"]]
+        self.assertEqual(len(warned), 1)
+        self.assertEqual(node.service.metrics.registry.get_sample_value("relayd_redis_persistent"), 0)
+
+    @defer.inlineCallbacks
+    def test_a_persistent_redis_is_not_warned_about(self):
+        """With appendonly yes, the node records that Redis persists and warns nothing."""
+        from tests.support import log_lines
+
+        lines = log_lines(self, "relayd.backplane.cluster")
+        node = yield self._node_on(appendonly=True)
+        self.assertTrue(node.service.cluster.durable)
+        self.assertEqual([e for e in lines if "keeps nothing" in e["log_format"]], [])
+        self.assertEqual(node.service.metrics.registry.get_sample_value("relayd_redis_persistent"), 1)

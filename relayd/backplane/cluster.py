@@ -72,13 +72,44 @@ class Cluster(MultiService):
         """callback() after every (re)connection of the publishing connection: state may need writing again."""
         self._reconnected.append(callback)
 
+    durable: bool | None = None  # whether Redis keeps its data across its own restart (None: not known)
+
     def _publisher_up(self) -> None:
         self._beat()
+        self._check_durability()
         for callback in list(self._reconnected):
             try:
                 callback()
             except Exception:
                 _log.failure("cluster: re-announcing state after a reconnect failed")
+
+    def _check_durability(self) -> None:
+        """
+        Ask Redis whether it persists (AOF): without it a Redis restart together with a node loses what
+        that node acknowledged (docs/scaling.md, "Redis durability"). Said once per change, loudly.
+        """
+        def answered(reply):
+            values = dict(zip(reply[0::2], reply[1::2])) if isinstance(reply, list) else {}
+            appendonly = values.get("appendonly", values.get(b"appendonly"))
+            durable = appendonly in ("yes", b"yes")
+            self.bus.metrics.redis_persistent.set(1 if durable else 0)
+            if durable != self.durable:
+                self.durable = durable
+                if durable:
+                    _log.info("cluster: redis persists what relayd writes (appendonly yes)")
+                else:
+                    _log.warn(
+                        "cluster: redis keeps nothing across its own restart (appendonly no): if redis restarts "
+                        "together with a node, what that node acknowledged is lost; set appendonly yes with "
+                        "appendfsync everysec or always (docs/scaling.md, Redis durability)")
+
+        def unknown(failure):
+            # a managed Redis may rename or refuse CONFIG: the operator has to know it some other way
+            self.durable = None
+            _log.warn("cluster: could not ask redis whether it persists ({why}); see docs/scaling.md, "
+                      "Redis durability", why=failure.getErrorMessage())
+
+        self.call("CONFIG", "GET", "appendonly").addCallbacks(answered, unknown)
 
     def _beat(self) -> None:
         if not self.up:
