@@ -280,12 +280,12 @@ class ReconnectTests(TestCase):
 
 class MigrationTests(TestCase):
     def test_longest_connected_guest_promoted(self):
-        """Without the host back in time, the longest-connected guest is promoted with the guest list."""
+        """Without the host back in time, the longest-connected guest that joined with canHost is promoted with the guest list."""
         h = harness()
         host, code = gen2_host(h)
-        first = gen2_guest(h, code)
+        first = gen2_guest(h, code, can_host=True)
         h.advance(1)
-        second = gen2_guest(h, code)
+        second = gen2_guest(h, code, can_host=True)
         host.sendClose(1000)
         h.flush()
         h.advance(31)
@@ -296,6 +296,41 @@ class MigrationTests(TestCase):
         second.send_json({"type": "guestOfferSignal", "data": {"offerSignal": "to new host"}})
         h.flush()
         self.assertEqual(last(first)["data"]["offerSignal"], "to new host")
+
+    def test_pearls_guests_are_never_promoted(self):
+        """
+        pearl's flow: guests join with canHost false; the host leaves for good. No guest is promoted (none
+        gets `promoted`, which pearl's guest cannot handle), the room stays hostless, and a late player
+        opening the old invite is answered hostDisconnected, not a joinedRoom it would wait on forever.
+        """
+        h = harness()
+        host, code = gen2_host(h)
+        early = gen2_guest(h, code, can_host=False)
+        also_early = gen2_guest(h, code, can_host=False)
+        first_generation = h.ws("/groovejet", query=f"code={code}")
+        host.sendClose(1000)
+        h.flush()
+        h.advance(31)
+        for guest in (early, also_early, first_generation):
+            self.assertNotIn("promoted", types(guest))
+            self.assertEqual(types(guest)[-1], "hostLeft")
+        late = gen2_guest(h, code, can_host=False)
+        self.assertEqual(last(late)["type"], "error")
+        self.assertEqual(last(late)["errorType"], "hostDisconnected")
+        self.assertNotIn("joinedRoom", types(late))
+
+    def test_a_guest_with_can_host_is_promoted_before_older_guests_without(self):
+        """Among the guests, only those that joined with canHost count: a newer one with it is promoted over an older one without."""
+        h = harness()
+        host, code = gen2_host(h)
+        older = gen2_guest(h, code, can_host=False)
+        h.advance(1)
+        newer = gen2_guest(h, code, can_host=True)
+        host.sendClose(1000)
+        h.flush()
+        h.advance(31)
+        self.assertEqual(last(newer)["type"], "promoted")
+        self.assertEqual(last(older), {"type": "hostChanged", "data": {"clientId": identity(newer)["clientId"]}})
 
     def test_named_successor_promoted(self):
         """A successor named by the host is promoted instead of the longest connected guest."""
@@ -327,7 +362,7 @@ class SnapshotAndExpiryTests(TestCase):
         """The newest snapshot goes to a returning host and to a promoted guest."""
         h = harness()
         host, code = gen2_host(h)
-        guest = gen2_guest(h, code)
+        guest = gen2_guest(h, code, can_host=True)
         host.send_json({"type": "snapshot", "data": {"turn": 1}})
         host.send_json({"type": "snapshot", "data": {"turn": 2}})
         h.flush()

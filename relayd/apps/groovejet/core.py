@@ -44,10 +44,10 @@ class Seat:
     """A client's place in a room; it outlives the client's connection by the grace period."""
 
     __slots__ = ("client_id", "token", "token_key", "room", "is_host", "connected", "since", "grace_timer",
-                 "joined_order")
+                 "joined_order", "can_host")
 
     def __init__(self, client_id: str, token: str | None, room: "Room", is_host: bool, since: float, order: int,
-                 token_key: str | None = None):
+                 token_key: str | None = None, can_host: bool = False):
         self.client_id = client_id
         self.token = token  # None for a seat restored from a record, until its client resumes
         self.token_key = token_key if token_key is not None else token_digest(token)
@@ -57,6 +57,8 @@ class Seat:
         self.since = since
         self.grace_timer = None
         self.joined_order = order
+        # joined with canHost (or as host): only such a client, or one the host named, is ever promoted
+        self.can_host = can_host or is_host
 
 
 class Room:
@@ -82,7 +84,7 @@ class Room:
             record["successor"] = self.successor
             record["seats"] = [
                 {"client": s.client_id, "token": s.token_key, "host": s.is_host,
-                 "since": s.since, "order": s.joined_order}
+                 "since": s.since, "order": s.joined_order, "can_host": s.can_host}
                 for s in ([self.host] if self.host else []) + list(self.guests.values())
             ]
         return record
@@ -181,7 +183,9 @@ class Groovejet:
         room.successor = record.get("successor")
         for entry in record.get("seats", ()):
             self._order = max(self._order, entry["order"])
-            seat = Seat(entry["client"], None, room, entry["host"], entry["since"], entry["order"], entry["token"])
+            # a record from before can_host was kept promotes nobody it did not name (the safe reading)
+            seat = Seat(entry["client"], None, room, entry["host"], entry["since"], entry["order"], entry["token"],
+                        can_host=entry.get("can_host", False))
             seat.connected = False
             if seat.is_host:
                 room.host = seat
@@ -213,7 +217,7 @@ class Groovejet:
         if not become_host and not host_connected:
             raise error("hostDisconnected", "the room has no host connected", close=first_generation)
         self._order += 1
-        seat = Seat(client_id, token, room, become_host, self.clock.seconds(), self._order)
+        seat = Seat(client_id, token, room, become_host, self.clock.seconds(), self._order, can_host=can_host)
         self.seats_by_token[token_digest(token)] = seat
         self._cancel_expiry(room)
         if not room.claimed:
@@ -309,11 +313,20 @@ class Groovejet:
         self.seats_by_token.pop(seat.token_key, None)
 
     def _migrate(self, room: Room) -> None:
-        candidates = [g for g in room.guests.values() if g.connected]
-        if not candidates:
-            return
+        """
+        The host is gone for good: the successor it named, or else the longest-seated guest that joined
+        with canHost, becomes host. A guest that did not ask to host is never promoted (a client that
+        cannot host would get offers it cannot answer); without one the room stays hostless, and its
+        guests and newcomers hear hostDisconnected as for any room whose host is away.
+        """
         named = room.guests.get(room.successor) if room.successor else None
-        chosen = named if named is not None and named.connected else min(candidates, key=lambda g: (g.since, g.joined_order))
+        if named is not None and named.connected:
+            chosen = named
+        else:
+            candidates = [g for g in room.guests.values() if g.connected and g.can_host]
+            if not candidates:
+                return
+            chosen = min(candidates, key=lambda g: (g.since, g.joined_order))
         del room.guests[chosen.client_id]
         chosen.is_host = True
         room.host = chosen
