@@ -4,7 +4,9 @@ The daemon as a Twisted service tree: config -> RelaydService -> Listeners -> Si
 Start: the store opens, apps start, listeners bind (a bind failure stops start-up with one line).
 Stop (SIGTERM under twistd): readiness turns 503 and new WebSocket upgrades are refused with 503,
 every WebSocket gets close 1001, the daemon waits up to drain_timeout for them to go, aborts what
-is left, stops listening, stops the apps and closes the store.
+is left, stops listening, stops the apps (their periodic work, then what they write and the leases
+they release, while Redis is still connected), then this node's presence and the bus, and closes
+the store.
 """
 
 from __future__ import annotations
@@ -253,12 +255,17 @@ class RelaydService(MultiService):
             aborted = sum(listener.abort_all() for listener in self.listeners.values())
             _log.warn("drain timeout after {timeout}s: aborted {count} connections", timeout=timeout, count=aborted)
         yield defer.DeferredList([listener.stop_accepting() for listener in self.listeners.values()])
-        yield defer.maybeDeferred(super().stopService)
+        # the apps first, while Redis is still connected: their periodic work stops, then each writes
+        # what is dirty and releases its leases, so another node may serve its rooms at once; then the
+        # rest of the tree (listeners, this node's presence, the bus)
         for name, app in self.apps.items():
             try:
+                yield defer.maybeDeferred(app.services.stopService)
+                app.services.disownServiceParent()
                 yield defer.maybeDeferred(app.stop)
             except Exception:
                 _log.failure("app {app} failed to stop cleanly", app=name)
+        yield defer.maybeDeferred(super().stopService)
         yield self._close_store()
         _log.info("relayd stopped")
 

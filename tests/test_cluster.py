@@ -623,6 +623,31 @@ class GroovejetAcrossNodes(ClusterTestCase):
             yield client.when_closed
 
     @defer.inlineCallbacks
+    def test_a_graceful_stop_hands_the_room_over_at_once(self):
+        """
+        The room's node is stopped gracefully (a rolling restart): it writes the room, releases its
+        lease while Redis is still connected and tells the host piped to it that the room moved (1012),
+        so the host resumes on another node within 5 s although node_timeout is 60 s (a lease left to
+        expire would keep the room away for that long).
+        """
+        yield self.start_cluster(2, node_timeout=60)
+        a, b = self.nodes
+        response = yield Agent(reactor).request(b"POST", f"http://127.0.0.1:{a.port()}/groovejet/rooms".encode())
+        code = json.loads((yield readBody(response)))["code"]  # the room lives on node a
+        host = yield self.connect(b, f"?host=true&code={code}")
+        host.send_text('{"type": "snapshot", "data": "state-9"}')
+        yield until(lambda: typed(host, "snapshotStored"), what="the snapshot")
+        token = self.identity(host)["reconnectToken"]
+        yield a.stop()
+        self.assertEqual((yield host.when_closed), 1012)  # the room moved: reconnect
+        resumed = yield self.connect(b, f"?resume={token}")
+        yield until(lambda: typed(resumed, "resumed"), what="the host to resume on node b", timeout=5)
+        yield until(lambda: typed(resumed, "snapshot"), what="the snapshot back", timeout=5)
+        self.assertEqual(typed(resumed, "snapshot")[0]["data"], "state-9")
+        resumed.sendClose(1000)
+        yield resumed.when_closed
+
+    @defer.inlineCallbacks
     def test_room_of_a_dead_node_is_taken_over(self):
         """
         The room's node dies: its clients on other nodes are told to reconnect (1012), resume there
@@ -769,6 +794,41 @@ class GameroomAcrossNodes(ClusterTestCase):
         hashes = [p.player.hashes[first_turn + 30] for p in players]
         self.assertEqual(len(set(hashes)), 1)
         for p in players:
+            p.client.sendClose(1000)
+            yield p.client.when_closed
+
+    @defer.inlineCallbacks
+    def test_a_graceful_stop_hands_a_running_game_over_at_once(self):
+        """
+        The game's node is stopped gracefully mid-game (a rolling restart), node_timeout 60 s: the room is
+        written and its lease released while Redis is connected, its players elsewhere are told to
+        reconnect (1012), rejoin on another node, which takes the room over at once, and the game goes
+        on in agreement.
+        """
+        from tests.gameroom_reference import ReferencePlayer
+
+        yield self.start_cluster(3, node_timeout=60)
+        a, b, c = self.nodes
+        room_id = yield self.create(a)
+        players = []
+        for i, node in enumerate((b, c)):
+            players.append((yield self.play(node, room_id, ReferencePlayer(name=f"p{i}"))))
+        yield self.until_turn(players, 10)
+        for p in players:
+            p.player.player_id = None  # stop sending, so the log stops growing
+        yield until(lambda: len({p.player.executed for p in players}) == 1, what="the last turns at the players")
+        yield a.stop()
+        for p in players:
+            self.assertEqual((yield p.client.when_closed), 1012)
+        executed = max(p.player.executed for p in players)
+        resumed = []
+        for p in players:
+            p.player.player_id = "rejoining"
+            resumed.append((yield self.play(b, room_id, p.player, rejoin=True)))
+        yield self.until_turn(resumed, executed + 10)
+        target = executed + 10
+        self.assertEqual(resumed[0].player.hashes[target], resumed[1].player.hashes[target])
+        for p in resumed:
             p.client.sendClose(1000)
             yield p.client.when_closed
 

@@ -81,12 +81,13 @@ class Leases(MultiService):
         """Fires with the id of the node holding name, or None."""
         return self.cluster.call("GET", self.key(name)).addCallback(lambda r: None if r is None else r.decode())
 
-    def release(self, name: str) -> None:
+    def release(self, name: str) -> defer.Deferred:
+        """Give the lease up; fires once Redis has it (or could not be asked: it then expires by itself)."""
         if name not in self.held:
-            return
+            return defer.succeed(None)
         self.held.discard(name)
         # unreachable Redis: the lease expires by itself within node_timeout
-        self.cluster.eval(_RELEASE, [self.key(name)], [self.cluster.node_id]).addErrback(
+        return self.cluster.eval(_RELEASE, [self.key(name)], [self.cluster.node_id]).addErrback(
             unless_unavailable("releasing lease {name} failed", name=name))
 
     def renew(self) -> None:
@@ -111,6 +112,6 @@ class Leases(MultiService):
     _renew_failed = staticmethod(unless_unavailable("renewing leases failed"))
 
     def stopService(self):
+        """Release every lease held; fires once Redis has them, so another node may take them at once."""
         super().stopService()
-        for name in list(self.held):
-            self.release(name)
+        return defer.gatherResults([self.release(name) for name in list(self.held)])

@@ -18,7 +18,9 @@ and reach the client's node through one, so the client sees them in the order th
 them: nothing before the marker, everything after it, in place among the pipe's own frames.
 
 When the owner dies its pipes see the room's lease move (`moved`: the client reconnects and resumes
-elsewhere); when a client's node dies, its RemoteEnds are dropped as if their connections closed.
+elsewhere); when it stops gracefully it releases its leases and then tells every piped client the
+room moved (`hand_over`); when a client's node dies, its RemoteEnds are dropped as if their
+connections closed.
 """
 
 from __future__ import annotations
@@ -294,6 +296,17 @@ class Pipes:
         for node in {key.rsplit(":", 1)[0] for key in self.ends}:
             self.cluster.call("EXISTS", self.cluster.node_key(node)).addCallbacks(
                 lambda alive, node=node: alive or self._drop_node(node), failed)
+
+    def hand_over(self) -> int:
+        """
+        This node stops owning rooms (a graceful stop, its leases released): every client piped here is
+        told the room moved (1012), so it reconnects and resumes on the node that takes the room over
+        at once, not when its node's next check would have seen the lease move. Returns how many.
+        """
+        ends = list(self.ends.values())
+        for end in ends:
+            end.close(SERVICE_RESTART, MOVED)
+        return len(ends)
 
     def _drop_node(self, node: str) -> None:
         for key, end in list(self.ends.items()):

@@ -36,6 +36,12 @@ class Placement(MultiService):
         Periodic("gameroom pipe checks", cluster.node_timeout / 2, self.upkeep, clock=clock,
                  now=False).setServiceParent(self)
 
+    @defer.inlineCallbacks
+    def stopService(self):
+        # a graceful stop: the leases go first (children), then the clients piped here are told to move
+        yield super().stopService()
+        self.pipes.hand_over()
+
     def claim(self, room_id: str) -> defer.Deferred:
         return self.leases.claim(room_id)
 

@@ -107,6 +107,12 @@ class Placement(MultiService):
 
     # ---- where a client goes -------------------------------------------------------------------
 
+    @defer.inlineCallbacks
+    def stopService(self):
+        # a graceful stop: the leases go first (children), then the clients piped here are told to move
+        yield super().stopService()
+        self.pipes.hand_over()
+
     def route_opening(self, session) -> defer.Deferred:
         """A new connection: its query names a room, a resume token, or neither (lobby). Fires once placed."""
         resume, codes = session.params.get("resume"), session.params.get("code", [])
