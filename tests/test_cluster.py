@@ -805,29 +805,41 @@ class GameroomAcrossNodes(ClusterTestCase):
         reconnect (1012), rejoin on another node, which takes the room over at once, and the game goes
         on in agreement.
         """
-        from tests.gameroom_reference import ReferencePlayer
-
         yield self.start_cluster(3, node_timeout=60)
         a, b, c = self.nodes
-        room_id = yield self.create(a)
+        room_id, players = yield self.game_on(a, (b, c))
+        yield until(lambda: len({p.player.executed for p in players}) == 1, what="the last turns at the players")
+        yield a.stop()
+        yield self.resumed_and_agreeing(b, room_id, players)
+
+    @defer.inlineCallbacks
+    def game_on(self, owner: Daemon, player_nodes):
+        """A room created on owner, a player on each of player_nodes, played to turn 10, then silent."""
+        from tests.gameroom_reference import ReferencePlayer
+
+        room_id = yield self.create(owner)
         players = []
-        for i, node in enumerate((b, c)):
+        for i, node in enumerate(player_nodes):
             players.append((yield self.play(node, room_id, ReferencePlayer(name=f"p{i}"))))
         yield self.until_turn(players, 10)
         for p in players:
             p.player.player_id = None  # stop sending, so the log stops growing
-        yield until(lambda: len({p.player.executed for p in players}) == 1, what="the last turns at the players")
-        yield a.stop()
+        return room_id, players
+
+    @defer.inlineCallbacks
+    def resumed_and_agreeing(self, node: Daemon, room_id: str, players):
+        """The players, told to reconnect (1012), rejoin on node and play 10 more turns in agreement."""
         for p in players:
             self.assertEqual((yield p.client.when_closed), 1012)
         executed = max(p.player.executed for p in players)
         resumed = []
         for p in players:
             p.player.player_id = "rejoining"
-            resumed.append((yield self.play(b, room_id, p.player, rejoin=True)))
+            resumed.append((yield self.play(node, room_id, p.player, rejoin=True)))
         yield self.until_turn(resumed, executed + 10)
         target = executed + 10
         self.assertEqual(resumed[0].player.hashes[target], resumed[1].player.hashes[target])
+        self.assertIn(room_id, node.service.apps["gameroom"].core.rooms)
         for p in resumed:
             p.client.sendClose(1000)
             yield p.client.when_closed
@@ -838,17 +850,9 @@ class GameroomAcrossNodes(ClusterTestCase):
         The room's node dies mid-game: its players elsewhere are told to reconnect (1012), rejoin with
         their session tokens on another node, which takes the room over from Redis, and the game goes on.
         """
-        from tests.gameroom_reference import ReferencePlayer
-
         yield self.start_cluster(3, node_timeout=1)
         a, b, c = self.nodes
-        room_id = yield self.create(a)
-        players = []
-        for i, node in enumerate((b, c)):
-            players.append((yield self.play(node, room_id, ReferencePlayer(name=f"p{i}"))))
-        yield self.until_turn(players, 10)
-        for p in players:
-            p.player.player_id = None  # stop sending, so the log stops growing
+        room_id, players = yield self.game_on(a, (b, c))
         app_a = a.service.apps["gameroom"]
         room_a = app_a.core.rooms[room_id]
         yield until(lambda: len({p.player.executed for p in players}) == 1 and room_a.persisted >= room_a.turn
@@ -862,20 +866,7 @@ class GameroomAcrossNodes(ClusterTestCase):
         stop_periodic(a.service.apps["gameroom"].services)
         stop_periodic(a.service.cluster)
         yield a.service.bus.stopService()
-        for p in players:
-            self.assertEqual((yield p.client.when_closed), 1012)
-        executed = max(p.player.executed for p in players)
-        resumed = []
-        for p in players:
-            p.player.player_id = "rejoining"
-            resumed.append((yield self.play(b, room_id, p.player, rejoin=True)))
-        yield self.until_turn(resumed, executed + 10)
-        target = executed + 10
-        self.assertEqual(resumed[0].player.hashes[target], resumed[1].player.hashes[target])
-        self.assertIn(room_id, b.service.apps["gameroom"].core.rooms)
-        for p in resumed:
-            p.client.sendClose(1000)
-            yield p.client.when_closed
+        yield self.resumed_and_agreeing(b, room_id, players)
 
 
 

@@ -278,17 +278,23 @@ class ReconnectTests(TestCase):
         self.assertEqual(last(back)["type"], "guestOfferSignal")
 
 
+def older_and_newer_guest(can_host_older: bool, can_host_newer: bool):
+    """A room whose host leaves for good after two guests joined a second apart: (h, older, newer, code)."""
+    h = harness()
+    host, code = gen2_host(h)
+    older = gen2_guest(h, code, can_host=can_host_older)
+    h.advance(1)
+    newer = gen2_guest(h, code, can_host=can_host_newer)
+    host.sendClose(1000)
+    h.flush()
+    h.advance(31)
+    return h, older, newer, code
+
+
 class MigrationTests(TestCase):
     def test_longest_connected_guest_promoted(self):
         """Without the host back in time, the longest-connected guest that joined with canHost is promoted with the guest list."""
-        h = harness()
-        host, code = gen2_host(h)
-        first = gen2_guest(h, code, can_host=True)
-        h.advance(1)
-        second = gen2_guest(h, code, can_host=True)
-        host.sendClose(1000)
-        h.flush()
-        h.advance(31)
+        h, first, second, _ = older_and_newer_guest(True, True)
         promoted = last(first)
         self.assertEqual(promoted["type"], "promoted")
         self.assertEqual(promoted["data"]["guests"], [identity(second)["clientId"]])
@@ -303,15 +309,8 @@ class MigrationTests(TestCase):
         gets `promoted`, which pearl's guest cannot handle), the room stays hostless, and a late player
         opening the old invite is answered hostDisconnected, not a joinedRoom it would wait on forever.
         """
-        h = harness()
-        host, code = gen2_host(h)
-        early = gen2_guest(h, code, can_host=False)
-        also_early = gen2_guest(h, code, can_host=False)
-        first_generation = h.ws("/groovejet", query=f"code={code}")
-        host.sendClose(1000)
-        h.flush()
-        h.advance(31)
-        for guest in (early, also_early, first_generation):
+        h, early, also_early, code = older_and_newer_guest(False, False)
+        for guest in (early, also_early):
             self.assertNotIn("promoted", types(guest))
             self.assertEqual(types(guest)[-1], "hostLeft")
         late = gen2_guest(h, code, can_host=False)
@@ -319,16 +318,20 @@ class MigrationTests(TestCase):
         self.assertEqual(last(late)["errorType"], "hostDisconnected")
         self.assertNotIn("joinedRoom", types(late))
 
-    def test_a_guest_with_can_host_is_promoted_before_older_guests_without(self):
-        """Among the guests, only those that joined with canHost count: a newer one with it is promoted over an older one without."""
+    def test_a_first_generation_guest_is_never_promoted(self):
+        """A guest that joined by query string (the first generation cannot host) is not promoted when the host leaves for good."""
         h = harness()
         host, code = gen2_host(h)
-        older = gen2_guest(h, code, can_host=False)
-        h.advance(1)
-        newer = gen2_guest(h, code, can_host=True)
+        guest = h.ws("/groovejet", query=f"code={code}")
         host.sendClose(1000)
         h.flush()
         h.advance(31)
+        self.assertNotIn("promoted", types(guest))
+        self.assertEqual(types(guest)[-1], "hostLeft")
+
+    def test_a_guest_with_can_host_is_promoted_before_older_guests_without(self):
+        """Among the guests, only those that joined with canHost count: a newer one with it is promoted over an older one without."""
+        h, older, newer, _ = older_and_newer_guest(False, True)
         self.assertEqual(last(newer)["type"], "promoted")
         self.assertEqual(last(older), {"type": "hostChanged", "data": {"clientId": identity(newer)["clientId"]}})
 
