@@ -314,3 +314,89 @@ class PipeFollowTests(TestCase):
         self.bus.publish("room@a", Frame.text("master 1"))
         self.assertEqual(got, ["welcome"])
         self.assertEqual(self.bus.subscribers("room@a"), 0)
+
+
+class _FencingCluster:
+    """A Cluster whose Redis answers when the test says: each call and eval waits in `sent`."""
+
+    node_timeout = 9.0
+    node_id = "node-a"
+    up = True
+
+    def __init__(self):
+        self.sent = []
+
+    def key(self, *parts):
+        return ":".join(("relayd",) + parts)
+
+    def call(self, *command):
+        d = defer.Deferred()
+        self.sent.append((command, d))
+        return d
+
+    def eval(self, script, keys, args):
+        d = defer.Deferred()
+        self.sent.append((("EVAL", *keys), d))
+        return d
+
+    def when_reconnected(self, callback):
+        pass
+
+
+class LeaseFencingTests(TestCase):
+    def _leases(self):
+        from twisted.internet.task import Clock
+
+        from relayd.backplane.leases import Leases
+
+        clock, cluster, lost = Clock(), _FencingCluster(), []
+        leases = Leases(cluster, "gameroom:room", clock=clock, lost=lost.append)
+        leases.startService()
+
+        def stop():
+            stopped = leases.stopService()
+            for _, d in cluster.sent:  # the releases it sent, answered
+                if not d.called:
+                    d.callback(1)
+            return stopped
+
+        self.addCleanup(stop)
+        return clock, cluster, leases, lost
+
+    def test_a_node_cut_off_stops_acting_as_owner_before_its_lease_can_expire(self):
+        """
+        A lease trusted for half of node_timeout from when its last successful renewal was sent: cut
+        off from Redis, the node gives the room up (lost) at the renewal tick after that, which is
+        before Redis can expire the lease (node_timeout after that renewal reached it) and another
+        node take it.
+        """
+        clock, cluster, leases, lost = self._leases()
+        claim = leases.claim("r1")
+        clock.advance(0.5)
+        cluster.sent.pop()[1].callback(b"OK")  # SET NX answered half a second after it was sent
+        self.assertTrue(self.successResultOf(claim))
+        self.assertEqual(leases.valid_until["r1"], 4.5)
+        clock.advance(2.5)  # t = 3, the renewal tick: renewed, answered at once
+        command, d = cluster.sent.pop()
+        d.callback([1])
+        self.assertEqual(leases.valid_until["r1"], 7.5)
+        cluster.up = False  # cut off from Redis from now on
+        clock.advance(3)  # t = 6: still trusted, nothing sent
+        self.assertEqual((lost, cluster.sent), ([], []))
+        clock.advance(3)  # t = 9: past 7.5, given up
+        self.assertEqual(lost, ["r1"])
+        self.assertNotIn("r1", leases.held)
+        self.assertLess(clock.seconds(), 3 + cluster.node_timeout)  # Redis keeps the lease at least until 12
+
+    def test_a_renewal_answered_late_counts_from_when_it_was_sent(self):
+        """A renewal whose answer is slow extends the lease from its send time, not its answer's."""
+        clock, cluster, leases, lost = self._leases()
+        claim = leases.claim("r1")
+        cluster.sent.pop()[1].callback(b"OK")
+        self.successResultOf(claim)
+        clock.advance(3)
+        command, d = cluster.sent.pop()
+        clock.advance(2.9)  # answered 2.9 s after it was sent
+        d.callback([1])
+        self.assertEqual(leases.valid_until["r1"], 3 + 4.5)
+        self.assertEqual(lost, [])

@@ -5,6 +5,15 @@ Leases: a key in Redis that says which node holds a name (a carparty server code
 A node that dies stops renewing, so its leases expire and another node may claim the name. A node
 whose lease was lost (Redis restarted empty, or it was cut off for longer than the lease and another
 node took the name) takes it again if it is free, and hears `lost(name)` if it is not.
+
+Fencing: a node acts as a name's owner only while it knows its lease is valid. Redis expires a lease
+`node_timeout` after it last set it, which is after the node sent that command; so the node counts
+each lease valid until half of `node_timeout` after it *sent* the claim or renewal that succeeded,
+and at each renewal tick (every third of it) gives up (`lost(name)`: its clients are told the room
+moved, it stops closing turns or relaying as owner) every lease whose validity ran out, because it
+could not renew (cut off from Redis). It is then done acting as owner at most two thirds of
+`node_timeout` after its last successful renewal was sent, a third before any other node can take the
+name: two owners never act at once (clocks that drift apart by less than that margin assumed).
 """
 
 from __future__ import annotations
@@ -54,6 +63,8 @@ class Leases(MultiService):
         self.namespace = namespace
         self.lost = lost
         self.held: set[str] = set()
+        self.clock = clock
+        self.valid_until: dict[str, float] = {}  # name -> when this node stops trusting its lease
         Periodic(f"{namespace} lease renewals", cluster.node_timeout / 3, self.renew, clock=clock,
                  now=False).setServiceParent(self)
         cluster.when_reconnected(self.renew)
@@ -65,14 +76,21 @@ class Leases(MultiService):
     def key(self, name: str) -> str:
         return self.cluster.key(self.namespace, name)
 
+    @property
+    def validity(self) -> float:
+        """Seconds after a claim or renewal is sent that this node trusts the lease it set."""
+        return self.cluster.node_timeout / 2
+
     def claim(self, name: str) -> defer.Deferred:
         """Fires True when this node now holds name, False when another node does."""
+        sent = self.clock.seconds()
         d = self.cluster.call("SET", self.key(name), self.cluster.node_id, "NX", "PX", self.ttl_ms)
 
         def answered(reply):
             if reply is None:
                 return False
             self.held.add(name)
+            self.valid_until[name] = sent + self.validity
             return True
 
         return d.addCallback(answered)
@@ -86,28 +104,49 @@ class Leases(MultiService):
         if name not in self.held:
             return defer.succeed(None)
         self.held.discard(name)
+        self.valid_until.pop(name, None)
         # unreachable Redis: the lease expires by itself within node_timeout
         return self.cluster.eval(_RELEASE, [self.key(name)], [self.cluster.node_id]).addErrback(
             unless_unavailable("releasing lease {name} failed", name=name))
 
     def renew(self) -> None:
+        self._fence()
         names = sorted(self.held)
         if not names or not self.cluster.up:
             return
+        sent = self.clock.seconds()
         for start in range(0, len(names), _RENEW_BATCH):
             batch = names[start:start + _RENEW_BATCH]
             d = self.cluster.eval(_RENEW, [self.key(n) for n in batch], [self.cluster.node_id, self.ttl_ms])
-            d.addCallbacks(self._renewed, self._renew_failed, callbackArgs=(batch,))
+            d.addCallbacks(self._renewed, self._renew_failed, callbackArgs=(batch, sent))
 
-    def _renewed(self, results, batch: list[str]) -> None:
+    def _renewed(self, results, batch: list[str], sent: float) -> None:
         for name, kept in zip(batch, results):
-            if not kept and name in self.held:
-                self.held.discard(name)
+            if name not in self.held:
+                continue
+            if kept:
+                self.valid_until[name] = sent + self.validity
+            else:
                 _log.warn("lease {namespace}:{name} is now held by another node", namespace=self.namespace, name=name)
-                try:
-                    self.lost(name)
-                except Exception:
-                    _log.failure("handling the loss of lease {name} failed", name=name)
+                self._give_up(name)
+
+    def _fence(self) -> None:
+        """Stop acting as owner of every name whose lease may have expired in Redis by now."""
+        now = self.clock.seconds()
+        expired = [name for name in self.held if self.valid_until.get(name, now) <= now]
+        if expired:
+            _log.warn("{namespace}: {count} leases not renewed in time (cut off from redis?): no longer acting "
+                      "as their owner", namespace=self.namespace, count=len(expired))
+        for name in expired:
+            self._give_up(name)
+
+    def _give_up(self, name: str) -> None:
+        self.held.discard(name)
+        self.valid_until.pop(name, None)
+        try:
+            self.lost(name)
+        except Exception:
+            _log.failure("handling the loss of lease {name} failed", name=name)
 
     _renew_failed = staticmethod(unless_unavailable("renewing leases failed"))
 
