@@ -1,4 +1,8 @@
-"""The one exception type an app core raises for bad input; each adapter turns it into its protocol's error form."""
+"""
+The one exception type an app core raises for bad input (ProtocolError), which the Runner
+(relayd.session) turns into the protocol's error form through the session's report(); and
+Unavailable, a shared service (Redis, the store) that cannot serve now.
+"""
 
 from __future__ import annotations
 

@@ -55,6 +55,21 @@ class _TrafficCollector:
         return []
 
 
+class _PeriodicCollector:
+    """Failures of periodic jobs (relayd.periodic.ERRORS), by task, at scrape time."""
+
+    def collect(self):
+        from relayd.periodic import ERRORS
+
+        family = CounterMetricFamily("relayd_periodic_errors", "Failures of periodic jobs, by task", labels=["task"])
+        for task, count in sorted(ERRORS.items()):
+            family.add_metric([task], count)
+        yield family
+
+    def describe(self):
+        return []
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -122,6 +137,7 @@ class Metrics:
         r.register(self._rooms)
         self._traffic = _TrafficCollector()
         r.register(self._traffic)
+        r.register(_PeriodicCollector())
 
     def watch_backlogs(self, backlogs) -> None:
         self.send_backlog.set_function(lambda: backlogs.held)

@@ -10,6 +10,7 @@ and stopped again while its parent runs (ticks that run only while there is work
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any, Callable
 
 from twisted.application.internet import TimerService
@@ -18,22 +19,29 @@ from twisted.logger import Logger
 
 _log = Logger()
 
+# failures by task name, for the whole process: relayd.metrics exports them as
+# relayd_periodic_errors_total{task}, so no job needs wiring to be counted
+ERRORS: Counter = Counter()
+
 
 def guarded(name: str, function: Callable[..., Any], on_error: Callable[[], None] | None = None) -> Callable[..., Any]:
     """function, with every exception or failed Deferred logged and counted instead of raised."""
 
-    def failed(failure):
-        _log.failure("{task} failed; it runs again at its next time", failure, task=name)
+    def counted():
+        ERRORS[name] += 1
         if on_error is not None:
             on_error()
+
+    def failed(failure):
+        _log.failure("{task} failed; it runs again at its next time", failure, task=name)
+        counted()
 
     def call(*args, **kwargs):
         try:
             result = function(*args, **kwargs)
         except Exception:
             _log.failure("{task} failed; it runs again at its next time", task=name)
-            if on_error is not None:
-                on_error()
+            counted()
             return None
         if isinstance(result, defer.Deferred):
             return result.addErrback(failed)

@@ -95,3 +95,23 @@ class PeriodicTests(TestCase):
         app = service.apps["gameroom"]
         self.assertIn(app.services, list(service))
         self.assertEqual(sorted(p.name for p in app.services), ["gameroom housekeeping", "gameroom persistence"])
+
+
+class CountedTests(TestCase):
+    def test_every_periodic_job_is_counted_in_metrics(self):
+        """A Periodic made without any wiring (as the cluster modules make theirs) has its failures in relayd_periodic_errors_total{task}."""
+        from relayd.metrics import Metrics
+
+        clock, metrics = Clock(), Metrics()
+
+        def work():
+            raise RuntimeError("boom")
+
+        before = metrics.registry.get_sample_value("relayd_periodic_errors_total", {"task": "unwired upkeep"}) or 0
+        periodic = Periodic("unwired upkeep", 1, work, clock=clock)
+        periodic.startService()
+        clock.advance(1)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)
+        self.assertEqual(metrics.registry.get_sample_value("relayd_periodic_errors_total", {"task": "unwired upkeep"}),
+                         before + 2)
+        return periodic.stopService()

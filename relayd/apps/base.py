@@ -1,8 +1,9 @@
 """
 What an app is, to the daemon.
 
-An app is a sans-IO core (rooms and state machines as plain data, time passed in) and a thin adapter:
-a RelaydProtocol subclass that turns frames into core calls and core results into frames. The daemon
+An app is a sans-IO core (rooms and state machines as plain data, time passed in), a session per
+client (an ISession, relayd.session: frames into core calls, core results into frames) and a thin
+adapter: a RelaydProtocol subclass naming the session class, and the App with its HTTP endpoints. The daemon
 builds one App per [app:NAME] section from its AppSpec, mounts it at its path on its listeners, and
 starts and stops it with the daemon.
 """

@@ -2,8 +2,8 @@
 clicker, sans IO: the draft-1 line protocol, device identities, latest scores and listener events.
 
 Nothing here touches the network or the disk: ClickerCore holds the state and says what to store
-and what to publish; relayd.apps.clicker.adapter does the storing (through the store seam) and the
-publishing (through the bus).
+and what to publish; relayd.apps.clicker.state (LocalState, or the cluster's RedisState) does the
+storing, and relayd.apps.clicker.session the publishing (through the bus).
 """
 
 from __future__ import annotations

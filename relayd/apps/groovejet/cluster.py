@@ -9,8 +9,8 @@ after the owner last touched them (every third of node_timeout while it owns the
 
 A connection finds its room from its query (`code`, `resume`) or its first `joinRoom` / `resume`
 message. If the room is here, its Session runs here. If another node owns it, a Pipe carries the
-client's frames to that node's RemoteHost, where a RemoteClient runs the Session and sends back
-on the pipe's channel. If no node owns it but its record exists (its owner died), this node takes
+client's frames to that node, where a RemoteEnd (relayd.backplane.pipes) stands for the client's
+connection behind the same Session and sends back on the pipe's channel. If no node owns it but its record exists (its owner died), this node takes
 the lease and restores the room with its seats, so clients resume with their tokens.
 """
 
