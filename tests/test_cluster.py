@@ -901,3 +901,29 @@ class RedisDurabilityTests(ClusterTestCase):
         self.assertTrue(node.service.cluster.durable)
         self.assertEqual([e for e in lines if "keeps nothing" in e["log_format"]], [])
         self.assertEqual(node.service.metrics.registry.get_sample_value("relayd_redis_persistent"), 1)
+
+
+class FencedWriteTests(ClusterTestCase):
+    @defer.inlineCallbacks
+    def test_a_write_reaching_redis_after_the_lease_moved_is_refused(self):
+        """
+        An owner's write runs only while Redis says the room's lease is this node's: once another node
+        holds it (as after a partition that held this node's bytes back), the write changes nothing,
+        fires False, and the node gives the room up.
+        """
+        yield self.start_cluster(1)
+        (a,) = self.nodes
+        placement = a.service.apps["gameroom"].placement
+        leases, cluster = placement.leases, a.service.cluster
+        lost = []
+        self.patch(leases, "lost", lost.append)
+        self.assertTrue((yield leases.claim("room-x")))
+        data = cluster.key("test", "data")
+        self.assertTrue((yield leases.write("room-x", [("SET", data, "by the owner")])))
+        self.assertEqual((yield cluster.call("GET", data)), b"by the owner")
+        yield cluster.call("SET", leases.key("room-x"), "another-node")  # the lease moved meanwhile
+        self.assertFalse((yield leases.write("room-x", [("SET", data, "stale"), ("DEL", data)])))
+        self.assertEqual((yield cluster.call("GET", data)), b"by the owner")
+        self.assertEqual(lost, ["room-x"])
+        self.assertNotIn("room-x", leases.held)
+        self.assertFalse((yield leases.write("room-x", [("SET", data, "after")])))  # nothing sent now

@@ -53,6 +53,22 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
+# KEYS[1]: the lease; KEYS[2..]: each command's key, in order. ARGV[1]: this node; ARGV[2]: how many
+# commands; then for each: how many arguments follow its key, its name, those arguments.
+# 1: written; 0: the lease is not this node's, and nothing was written
+_FENCED = b"""
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local a = 3
+for c = 1, tonumber(ARGV[2]) do
+  local argc = tonumber(ARGV[a])
+  local args = {}
+  for i = 1, argc do args[i] = ARGV[a + 1 + i] end
+  redis.call(ARGV[a + 1], KEYS[c + 1], unpack(args))
+  a = a + 2 + argc
+end
+return 1
+"""
+
 _RENEW_BATCH = 500
 
 
@@ -94,6 +110,32 @@ class Leases(MultiService):
             return True
 
         return d.addCallback(answered)
+
+    def write(self, name: str, commands: list) -> defer.Deferred:
+        """
+        Run commands ((name, key, *args) each) in Redis only while this node holds name's lease, checked
+        there, atomically with the writes: a write a partition held back and Redis received after the
+        lease moved is refused, so a stale owner never overwrites the new owner's state. Fires True
+        when written, False when refused (the lease is given up: `lost(name)`); a node that no longer
+        trusts its lease (fenced) sends nothing.
+        """
+        if name not in self.held:
+            return defer.succeed(False)
+        keys = [self.key(name)] + [command[1] for command in commands]
+        args: list = [self.cluster.node_id, len(commands)]
+        for command in commands:
+            args += [len(command) - 2, command[0], *command[2:]]
+
+        def answered(written):
+            if written:
+                return True
+            if name in self.held:
+                _log.warn("{namespace}: a write for {name} was refused: another node holds its lease now",
+                          namespace=self.namespace, name=name)
+                self._give_up(name)
+            return False
+
+        return self.cluster.eval(_FENCED, keys, args).addCallback(answered)
 
     def holder(self, name: str) -> defer.Deferred:
         """Fires with the id of the node holding name, or None."""

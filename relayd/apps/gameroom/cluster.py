@@ -30,7 +30,7 @@ class Placement(MultiService):
         self.clock = clock
         self.leases = Leases(cluster, "gameroom:room", clock=clock, lost=self._lost)
         self.leases.setServiceParent(self)
-        self.store = RedisRoomStore(cluster)
+        self.store = RedisRoomStore(cluster, self.leases)
         app.core.node = cluster.node_id
         self.pipes = Pipes(app.bus, cluster, "gameroom", app.metrics, self._open_session)
         Periodic("gameroom pipe checks", cluster.node_timeout / 2, self.upkeep, clock=clock,

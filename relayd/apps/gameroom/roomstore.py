@@ -106,8 +106,14 @@ def _chunk_keys(room_id: str, meta: dict | None) -> list[str]:
 
 @implementer(IRoomStore)
 class RedisRoomStore:
-    def __init__(self, cluster):
+    """
+    Rooms in Redis for several nodes. A room's writes are fenced by its lease (Leases.write): only
+    while this node holds it, checked in Redis with the writes.
+    """
+
+    def __init__(self, cluster, leases):
         self.cluster = cluster
+        self.leases = leases
 
     def _meta(self) -> str:
         return self.cluster.key("gameroom", "meta")
@@ -126,12 +132,14 @@ class RedisRoomStore:
         calls = []
         for meta, progress, chunks in rooms:
             room_id = progress["id"]
+            commands = []
             if chunks:
                 args = [item for index, chunk in chunks.items() for item in (index, json.dumps(chunk))]
-                calls.append(call("HSET", self._log(room_id), *args))
+                commands.append(("HSET", self._log(room_id), *args))
             if meta is not None:
-                calls.append(call("HSET", self._meta(), room_id, json.dumps(meta)))
-            calls.append(call("HSET", self._progress(), room_id, json.dumps(progress)))
+                commands.append(("HSET", self._meta(), room_id, json.dumps(meta)))
+            commands.append(("HSET", self._progress(), room_id, json.dumps(progress)))
+            calls.append(self.leases.write(room_id, commands))
         for room_id in deleted:
             calls.append(call("HDEL", self._meta(), room_id))
             calls.append(call("HDEL", self._progress(), room_id))

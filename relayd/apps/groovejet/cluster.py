@@ -57,12 +57,11 @@ class Directory:
                 return code
         raise error("tooManyRooms", "no free room code found; try again")
 
-    @defer.inlineCallbacks
-    def save(self, code: str, record: dict):
-        yield self.cluster.call("SET", self._record_key(code), jsonutil.dumps(record), "PX", self.ttl_ms)
-        for seat in record.get("seats", ()):
-            yield self.cluster.call("SET", self._token_key(seat["token"]), code, "PX", self.ttl_ms)
-        return True
+    def save(self, code: str, record: dict) -> defer.Deferred:
+        """The room's record and its seats' tokens, fenced by the room's lease; fires whether they were written."""
+        commands = [("SET", self._record_key(code), jsonutil.dumps(record), "PX", self.ttl_ms)]
+        commands += [("SET", self._token_key(seat["token"]), code, "PX", self.ttl_ms) for seat in record.get("seats", ())]
+        return self.leases.write(code, commands)
 
     def forget(self, code: str) -> None:
         self.cluster.call("DEL", self._record_key(code)).addErrback(lambda f: None)
