@@ -927,3 +927,54 @@ class FencedWriteTests(ClusterTestCase):
         self.assertEqual(lost, ["room-x"])
         self.assertNotIn("room-x", leases.held)
         self.assertFalse((yield leases.write("room-x", [("SET", data, "after")])))  # nothing sent now
+
+
+class PartitionTests(ClusterTestCase):
+    @defer.inlineCallbacks
+    def test_a_node_cut_off_never_holds_a_code_another_node_holds(self):
+        """
+        Node a reaches Redis through a proxy that holds bytes; a carparty game screen on a has code
+        PART. The proxy holds everything (a partition, a cut off, b not): a gives the code up and
+        closes its game screen before b can take the code (a game screen on b retrying every 0.1 s);
+        after the partition heals, a does not take it back.
+        """
+        import time
+
+        from tests.partition import HoldingProxy
+
+        self.redis = RedisServer(self)
+        yield self.redis.start()
+        proxy = yield HoldingProxy(self.redis.port).start()
+        self.addCleanup(proxy.stop)
+        a = Daemon(self, node_config(f"redis://127.0.0.1:{proxy.port}/0", node_timeout=3))
+        b = Daemon(self, node_config(self.redis.url, node_timeout=3))
+        for node in (a, b):
+            yield until(lambda node=node: bus_up(node), what="the bus to connect")
+        screen = yield a.connect("/carparty")
+        screen.send_text(login("login_server", "PART"))
+        lease = b.service.cluster.key("carparty:server", "PART")
+        yield until(lambda: b.service.cluster.call("GET", lease).addCallback(
+            lambda holder: holder == a.service.cluster.node_id.encode()), what="a to hold the code")
+        closed_at = []
+        screen.when_closed.addCallback(lambda code: closed_at.append(time.monotonic()))
+        proxy.hold()
+        cut = time.monotonic()
+        taken_at = None
+        while taken_at is None and time.monotonic() - cut < 15:
+            rival = yield b.connect("/carparty")
+            rival.send_text(login("login_server", "PART"))
+            yield later(0.1)
+            holder = yield b.service.cluster.call("GET", lease)
+            if rival.state == rival.STATE_OPEN and holder == b.service.cluster.node_id.encode():
+                taken_at = time.monotonic()
+            else:
+                rival.dropConnection(abort=True)
+        self.assertIsNotNone(taken_at, "b never took the code")
+        self.assertEqual(len(closed_at), 1, "a still serves its game screen as owner of PART")
+        self.assertLess(closed_at[0], taken_at)  # never two holders at once
+        proxy.heal()
+        yield later(2)  # what the partition held back reaches Redis; renewals go on
+        self.assertEqual((yield b.service.cluster.call("GET", lease)), b.service.cluster.node_id.encode())
+        self.assertEqual(rival.state, rival.STATE_OPEN)
+        rival.sendClose(1000)
+        yield rival.when_closed
