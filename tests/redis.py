@@ -44,6 +44,7 @@ class RedisServer:
         self.tls = tls
         self.password = password
         self.appendonly = appendonly
+        self.fsync_always = False  # with appendonly: appendfsync always (every write on disk before the reply)
         testcase.addCleanup(self.kill)
 
     @property
@@ -52,7 +53,7 @@ class RedisServer:
 
     def _options(self) -> list[str]:
         options = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "yes" if self.appendonly else "no",
-                   "--dir", self.directory,
+                   "--appendfsync", "always" if self.fsync_always else "everysec", "--dir", self.directory,
                    "--logfile", os.path.join(self.directory, "redis.log")]
         if self.tls is None:
             options += ["--port", str(self.port)]
