@@ -34,7 +34,7 @@ class LeasedCodes:
         return self.leases.holder(code).addCallback(lambda node: node is not None)
 
     def release(self, code):
-        self.leases.release(code)
+        return self.leases.release(code)
 
 
 class CodeKeeper(MultiService):

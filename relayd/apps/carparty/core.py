@@ -80,8 +80,8 @@ class ICodes(Interface):
     def exists(code: str) -> defer.Deferred:
         """Fires True when a server holds code, on any node."""
 
-    def release(code: str) -> None:
-        """The server holding code left."""
+    def release(code: str):
+        """The server holding code left; may return a Deferred that fires once the code is free everywhere."""
 
 
 @implementer(ICodes)
