@@ -128,3 +128,44 @@ class RedisRoomStoreTests(RoomStoreContract, ClusterTestCase):
         yield self.start_cluster(1)
         placement = self.nodes[0].service.apps["gameroom"].placement
         return placement.store, placement.leases.claim
+
+
+class RosterContract:
+    """wikispeedruns' IRoster. make_roster() fires with an implementation."""
+
+    @defer.inlineCallbacks
+    def test_members_get_unique_names_and_every_change_a_newer_version(self):
+        """Joins with one wanted name get distinct names; each join and leave gives a roster with a higher version; the last leave empties the group."""
+        roster = yield self.make_roster()
+        first_name, first = yield roster.join("lobby:1", "m1", "dan")
+        second_name, second = yield roster.join("lobby:1", "m2", "dan")
+        self.assertEqual(first_name, "dan")
+        self.assertNotEqual(second_name, "dan")
+        self.assertEqual(sorted(second.names), sorted([first_name, second_name]))
+        self.assertGreater(second.version, first.version)
+        after = yield roster.leave("lobby:1", "m1")
+        self.assertEqual(list(after.names), [second_name])
+        self.assertGreater(after.version, second.version)
+        self.assertIsNone((yield roster.leave("lobby:1", "m2")))
+
+    @defer.inlineCallbacks
+    def test_groups_are_independent(self):
+        """A name taken in one group is free in another."""
+        roster = yield self.make_roster()
+        yield roster.join("lobby:1", "m1", "ana")
+        name, other = yield roster.join("lobby:2", "m2", "ana")
+        self.assertEqual((name, list(other.names)), ("ana", ["ana"]))
+
+
+class MemoryRosterTests(RosterContract, TestCase):
+    def make_roster(self):
+        from relayd.apps.wikispeedruns.roster import MemoryRoster
+
+        return defer.succeed(MemoryRoster())
+
+
+class RedisRosterTests(RosterContract, ClusterTestCase):
+    @defer.inlineCallbacks
+    def make_roster(self):
+        yield self.start_cluster(1)
+        return self.nodes[0].service.apps["wikispeedruns"].core.roster
