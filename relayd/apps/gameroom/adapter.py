@@ -33,6 +33,7 @@ from urllib.parse import parse_qs, urlsplit
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.static import Data
@@ -40,7 +41,7 @@ from twisted.web.static import Data
 from relayd import jsonutil
 from relayd.apps.base import App
 from relayd.apps.gameroom.core import GameRoom, Settings, static_part
-from relayd.apps.gameroom.roomstore import LocalRoomStore
+from relayd.apps.gameroom.placement import LocalPlacement
 from relayd.apps.gameroom.scheduler import TickScheduler
 from relayd.apps.gameroom.session import GameRoomSession
 from relayd.errors import ProtocolError
@@ -82,9 +83,9 @@ class GameRoomProtocol(RelaydProtocol):
         if room is not None:
             self.room = room
             return None
-        if app.placement is None or not room_id:
+        if not room_id:
             raise ConnectionDeny(404, "no such room")
-        # several nodes: the room may be on another node, or its node gone and the room to take over
+        # the room may be on another node, or its node gone and the room to take over (placement knows)
         return app.placement.find(room_id).addCallback(self._found)
 
     def _found(self, where) -> None:
@@ -124,9 +125,7 @@ class Create(JSONEndpoint):
                 return self.answer(request, 400, {"error": f"not JSON: {e}"})
             status = {"too_many_rooms": 503, "too_many_rooms_from_address": 429}.get(e.kind, 400)
             return self.answer(request, status, {"error": e.message})
-        if self.app.placement is None:
-            return self._created(request, room)
-        # several nodes: the room is this node's once its lease is
+        # the room is this node's once placement says so (at once on one node; its lease on several)
         return _later(request, self.app.placement.claim(room.id).addCallbacks(
             lambda held: self._created(request, room) if held else self._refused(request, room, "room id in use", client),
             lambda failure: self._refused(request, room, failure.getErrorMessage(), client),
@@ -151,6 +150,13 @@ class Create(JSONEndpoint):
 
 def _later(request, d: defer.Deferred):
     """Answer the request with the bytes d fires with (unless the client went away meanwhile)."""
+    if d.called:
+        # answered already (one node): the body goes out as a synchronous render's would
+        answered = []
+        d.addBoth(answered.append)
+        if not isinstance(answered[0], Failure):
+            return answered[0]
+        d = defer.fail(answered[0])
     gone = []
     request.notifyFinish().addErrback(lambda _: gone.append(True))
 
@@ -179,9 +185,9 @@ class Lookup(JSONEndpoint):
         room = self.app.core.rooms.get(room_id)
         if room is not None:
             return self.answer(request, 200, self.view(room))
-        if self.app.placement is None or not room_id:
+        if not room_id:
             return self.answer(request, 404, {"error": "no such room"})
-        # several nodes: the room as its node last wrote it
+        # a room held elsewhere: as its node last wrote it
         return _later(request, self.app.placement.stored_view(room_id, self.view).addCallbacks(
             lambda view: self.answer(request, 404, {"error": "no such room"}) if view is None
             else self.answer(request, 200, view),
@@ -211,14 +217,14 @@ class GameRoomApp(App):
         self.core = GameRoom(self.bus, self.settings)
         self.core.close_delay = self.metrics.parent.turn_close_delay.labels(ctx.name).observe
         self.live: dict[tuple[str, str], GameRoomSession] = {}
-        self.placement = None
+        # where rooms live: chosen here once; nothing else in the app asks how many nodes there are
         if self.cluster is None:
-            self.room_store = LocalRoomStore(self.store)
+            self.placement = LocalPlacement(self, self.store)
         else:
             from relayd.apps.gameroom.cluster import Placement
 
             self.placement = Placement(self, self.cluster, clock=self.reactor)
-            self.room_store = self.placement.store
+        self.room_store = self.placement.store
         self.scheduler = TickScheduler(
             self.reactor, o["tick_interval"], self._tick,
             on_error=self.metrics.parent.tick_errors.labels(ctx.name).inc,
@@ -255,8 +261,7 @@ class GameRoomApp(App):
                 self.core.restore(meta, log, now)
             except Exception:
                 _log.failure("gameroom: room {room} could not be restored", room=meta.get("id"))
-        if self.placement is not None:
-            self.placement.startService()
+        self.placement.startService()
         self.ensure_ticking()
 
     def _flush_slice(self):
@@ -293,9 +298,8 @@ class GameRoomApp(App):
         deleted, core.deleted = core.deleted, set()
         if not rooms and not deleted:
             return None
-        if self.placement is not None:
-            for room_id in deleted:
-                self.placement.release(room_id)
+        for room_id in deleted:
+            self.placement.release(room_id)
         d = self._flushing = self.room_store.save(rooms, deleted)
         d.addErrback(self._flush_failed, [progress["id"] for _, progress, _ in rooms])
         d.addBoth(self._flushed)  # may run at once: a store that wrote synchronously
@@ -329,9 +333,8 @@ class GameRoomApp(App):
         self._flush()
         if self._flushing is not None:
             yield self._flushing
-        if self.placement is not None:
-            # written first, released then: a node taking a room over finds it as it was left
-            yield self.placement.stopService()
+        # written first, released then: a node taking a room over finds it as it was left
+        yield self.placement.stopService()
 
     def accepts_websocket_path(self, postpath) -> bool:
         return (len(postpath) == 2 and postpath[0] in (b"play", b"watch")) or postpath[:1] == [b"join"]
