@@ -5,8 +5,11 @@ from __future__ import annotations
 import hmac
 from typing import Any
 
+from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
 from relayd import jsonutil
 
@@ -49,3 +52,32 @@ class JSONEndpoint(Resource):
         """The request body, or None when it is larger than max_body."""
         data = request.content.read(self.max_body + 1)
         return None if len(data) > self.max_body else data
+
+
+def respond_when(request, d: defer.Deferred):
+    """
+    Answer the request with the bytes d fires with: at once if it has fired (an answer on one node is
+    rendered as a synchronous one is), else when it does, unless the client went away meanwhile.
+    """
+    if d.called:
+        answered: list = []
+        d.addBoth(answered.append)
+        if not isinstance(answered[0], Failure):
+            return answered[0]
+        d = defer.fail(answered[0])
+    gone: list = []
+    request.notifyFinish().addErrback(lambda _: gone.append(True))
+
+    def answer(body):
+        if not gone:
+            request.write(body)
+            request.finish()
+
+    def failed(failure):
+        _log.failure("answering a request failed", failure)
+        if not gone:
+            request.setResponseCode(500)
+            request.finish()
+
+    d.addCallback(answer).addErrback(failed)
+    return NOT_DONE_YET

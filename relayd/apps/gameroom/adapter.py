@@ -33,7 +33,6 @@ from urllib.parse import parse_qs, urlsplit
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.static import Data
@@ -46,7 +45,7 @@ from relayd.apps.gameroom.scheduler import TickScheduler
 from relayd.apps.gameroom.session import GameRoomSession
 from relayd.errors import ProtocolError
 from relayd.quota import AddressQuota, address_key
-from relayd.web.endpoint import JSONEndpoint
+from relayd.web.endpoint import JSONEndpoint, respond_when
 from relayd.ws._writes import BATCH
 from relayd.web.gameroom import client_script, client_types
 from relayd.web.proxy import client_of, public_base
@@ -126,7 +125,7 @@ class Create(JSONEndpoint):
             status = {"too_many_rooms": 503, "too_many_rooms_from_address": 429}.get(e.kind, 400)
             return self.answer(request, status, {"error": e.message})
         # the room is this node's once placement says so (at once on one node; its lease on several)
-        return _later(request, self.app.placement.claim(room.id).addCallbacks(
+        return respond_when(request, self.app.placement.claim(room.id).addCallbacks(
             lambda held: self._created(request, room) if held else self._refused(request, room, "room id in use", client),
             lambda failure: self._refused(request, room, failure.getErrorMessage(), client),
         ))
@@ -148,33 +147,6 @@ class Create(JSONEndpoint):
         })
 
 
-def _later(request, d: defer.Deferred):
-    """Answer the request with the bytes d fires with (unless the client went away meanwhile)."""
-    if d.called:
-        # answered already (one node): the body goes out as a synchronous render's would
-        answered = []
-        d.addBoth(answered.append)
-        if not isinstance(answered[0], Failure):
-            return answered[0]
-        d = defer.fail(answered[0])
-    gone = []
-    request.notifyFinish().addErrback(lambda _: gone.append(True))
-
-    def answer(body):
-        if not gone:
-            request.write(body)
-            request.finish()
-
-    def failed(failure):
-        _log.failure("gameroom: answering a request failed", failure)
-        if not gone:
-            request.setResponseCode(500)
-            request.finish()
-
-    d.addCallback(answer).addErrback(failed)
-    return NOT_DONE_YET
-
-
 class Lookup(JSONEndpoint):
     def __init__(self, app, view):
         super().__init__(app)
@@ -188,7 +160,7 @@ class Lookup(JSONEndpoint):
         if not room_id:
             return self.answer(request, 404, {"error": "no such room"})
         # a room held elsewhere: as its node last wrote it
-        return _later(request, self.app.placement.stored_view(room_id, self.view).addCallbacks(
+        return respond_when(request, self.app.placement.stored_view(room_id, self.view).addCallbacks(
             lambda view: self.answer(request, 404, {"error": "no such room"}) if view is None
             else self.answer(request, 200, view),
             lambda failure: self.answer(request, 503, {"error": "rooms cannot be reached now; try again"}),

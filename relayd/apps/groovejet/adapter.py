@@ -41,18 +41,18 @@ from urllib.parse import parse_qs, urlsplit
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
 
 from relayd import jsonutil
 from relayd.apps.base import App
+from relayd.apps.groovejet.placement import LocalPlacement
 from relayd.apps.groovejet.core import Groovejet, error
 from relayd.apps.groovejet.session import GroovejetSession
 from relayd.errors import ProtocolError
 from relayd.quota import AddressQuota
+from relayd.web.endpoint import respond_when
 from relayd.web.proxy import client_of
 from relayd.ws.protocol import RelaydProtocol
 
-ROOMS = "groovejet.room"
 _log = Logger()
 
 
@@ -118,29 +118,18 @@ class Rooms(Resource):
             created = app.create_room(refund=creator)
         except ProtocolError as e:
             return self._refused(request, e)
-        if not isinstance(created, defer.Deferred):
-            return self._created(created, request)
+        return respond_when(request, created.addCallbacks(
+            self._created, self._create_failed, callbackArgs=(request,), errbackArgs=(request,)))
 
-        gone = []
-        request.notifyFinish().addErrback(lambda _: gone.append(True))
+    def _create_failed(self, failure, request) -> bytes:
+        from relayd.errors import Unavailable
 
-        def answer(outcome):
-            if not gone:
-                request.write(outcome)
-                request.finish()
-
-        def failed(failure):
-            from relayd.backplane.cluster import Unavailable
-
-            if failure.check(ProtocolError):
-                return self._refused(request, failure.value)
-            if failure.check(Unavailable):
-                return self._refused(request, error("unavailable", "rooms cannot be reached now; try again"))
-            _log.failure("groovejet: creating a room failed", failure)
-            return self._refused(request, error("internalError", "the room could not be created"))
-
-        created.addCallback(self._created, request).addErrback(failed).addCallback(answer)
-        return NOT_DONE_YET
+        if failure.check(ProtocolError):
+            return self._refused(request, failure.value)
+        if failure.check(Unavailable):
+            return self._refused(request, error("unavailable", "rooms cannot be reached now; try again"))
+        _log.failure("groovejet: creating a room failed", failure)
+        return self._refused(request, error("internalError", "the room could not be created"))
 
     def _created(self, room, request) -> bytes:
         self.app.metrics.http(200)
@@ -159,21 +148,22 @@ class GroovejetApp(App):
         super().__init__(ctx)
         o = self.options
         self.live: dict[str, GroovejetSession] = {}
-        self.placement = None
+        # where rooms live: chosen here once; nothing else in the app asks how many nodes there are
         if self.cluster is None:
-            save, forget, seats_changed = self._save, self._forget, None
+            self.placement = LocalPlacement(self, self.store)
         else:
             from relayd.apps.groovejet.cluster import Placement
 
             ttl = o["room_expiry"] + o["reconnect_grace"] + 3 * self.cluster.node_timeout
             self.placement = Placement(self, self.cluster, clock=self.reactor, record_ttl=ttl)
-            save, forget, seats_changed = self._save_shared, self.placement.directory.forget, self._seats_changed
+        placement = self.placement
         self.create_quota = AddressQuota(o["rooms_per_address"], o["create_window"], self.reactor)
         self.core = Groovejet(
             self.bus, self.reactor,
             grace=o["reconnect_grace"], expiry=o["room_expiry"], unclaimed_expiry=o["unclaimed_expiry"],
             max_rooms=o["max_rooms"],
-            migration=o["host_migration"], save_room=save, forget_room=forget, seats_changed=seats_changed,
+            migration=o["host_migration"], save_room=placement.save, forget_room=placement.forget,
+            seats_changed=placement.seats_changed,
         )
 
     def take_create_quota(self, address: str) -> None:
@@ -186,16 +176,14 @@ class GroovejetApp(App):
 
     def create_room(self, refund: str | None = None):
         """
-        A new room here: at once on one node; on several, once its code is claimed in Redis. `refund`:
-        the address whose create quota was taken for it (before, so that creates in flight together
-        cannot overdraw it), given back when no room is made.
+        A new room here, once placement has its code (at once on one node; claimed in Redis on several);
+        fires with the room. `refund`: the address whose create quota was taken for it (before, so that
+        creates in flight together cannot overdraw it), given back when no room is made.
         """
         creator = refund
         try:
-            if self.placement is None:
-                return self.core.create_room()
             self.core.check_capacity()
-            created = self.placement.directory.claim_new_code().addCallback(self.core.create_room)
+            created = self.placement.new_code().addCallback(self.core.create_room)
         except BaseException:
             if creator is not None:
                 self.create_quota.give_back(creator)
@@ -204,22 +192,8 @@ class GroovejetApp(App):
             created.addErrback(lambda failure: (self.create_quota.give_back(creator), failure)[1])
         return created
 
-    def _save(self, code: str, record: dict) -> defer.Deferred:
-        """Fires True once the room is durable, False (logged) when the store failed."""
-        return self.store.put(ROOMS, code, record).addCallbacks(lambda _: True, self._store_failed, errbackArgs=(code,))
-
-    def _save_shared(self, code: str, record: dict) -> defer.Deferred:
-        room = self.core.rooms.get(code)
-        full = room.record(with_seats=True) if room is not None else record
-        return self.placement.directory.save(code, full).addErrback(self._store_failed, code)
-
-    def _seats_changed(self, room) -> None:
-        self._save_shared(room.code, room.record(with_seats=True))
-
-    def _forget(self, code: str) -> None:
-        self.store.delete(ROOMS, code).addErrback(self._store_failed, code)
-
-    def _store_failed(self, failure, code) -> bool:
+    def store_failed(self, failure, code) -> bool:
+        """A room's record was not written (the store or Redis failed): said, and False for its waiter."""
         from relayd.errors import StoreUnavailable, Unavailable
 
         if failure.check(StoreUnavailable):
@@ -232,18 +206,12 @@ class GroovejetApp(App):
 
     @defer.inlineCallbacks
     def start(self):
-        if self.placement is not None:
-            # several nodes: rooms live in Redis; this node's store is not theirs
-            self.placement.startService()
-            return
-        for code, record in (yield self.store.items(ROOMS)):
-            self.core.restore_room(code, record)
+        yield self.placement.load()
+        self.placement.startService()
 
     def stop(self):
         self.core.shutdown()
-        if self.placement is not None:
-            return self.placement.stopService()
-        return None
+        return self.placement.stopService()
 
     def http_resource(self):
         root = Resource()

@@ -104,6 +104,26 @@ class Placement(MultiService):
         Periodic("groovejet room upkeep", cluster.node_timeout / 3, self.upkeep, clock=clock,
                  now=False).setServiceParent(self)
 
+    # ---- what the app asks of any placement (relayd.apps.groovejet.placement) --------------------
+
+    def load(self) -> defer.Deferred:
+        return defer.succeed(None)  # rooms live in Redis; this node holds one when it takes it over
+
+    def new_code(self) -> defer.Deferred:
+        return self.directory.claim_new_code()
+
+    def save(self, code: str, record: dict) -> defer.Deferred:
+        """The room's record with its seats, for a node that takes it over; fires whether it was written."""
+        room = self.app.core.rooms.get(code)
+        full = room.record(with_seats=True) if room is not None else record
+        return self.directory.save(code, full).addErrback(self.app.store_failed, code)
+
+    def forget(self, code: str) -> None:
+        self.directory.forget(code)
+
+    def seats_changed(self, room) -> None:
+        self.save(room.code, room.record(with_seats=True))
+
     # ---- where a client goes -------------------------------------------------------------------
 
     @defer.inlineCallbacks

@@ -76,16 +76,13 @@ class GroovejetSession:
             else:
                 self._take_identity(*identity)
             return None
-        if placement is None:
-            self.start_session()
-            return None
         return placement.route_opening(self)
 
     def received(self, payload: bytes, is_binary: bool):
         if self.pipe is not None:
             self.pipe.forward(payload)
             return None
-        if self.seat is None and self.piped is None and self.app.placement is not None:
+        if self.seat is None and self.piped is None:
             return self.app.placement.route_lobby(self, payload)
         return self.handle(payload)
 
@@ -165,10 +162,7 @@ class GroovejetSession:
         if kind == "createRoom":
             creator = self.conn.client_address or "unknown"
             app.take_create_quota(creator)
-            created = app.create_room(refund=creator)
-            if isinstance(created, defer.Deferred):
-                return created.addCallback(self._created)  # several nodes: once its code is claimed
-            self._created(created)
+            return app.create_room(refund=creator).addCallback(self._created)
         elif kind == "joinRoom":
             data = _data(value)
             self.seat = app.core.join(self.client_id, self.token, data.get("roomCode"), as_host=False,
