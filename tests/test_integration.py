@@ -10,7 +10,7 @@ import os
 import socket
 import tempfile
 
-from twisted.internet import defer, protocol, reactor, ssl
+from twisted.internet import defer, reactor, ssl
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, readBody
 

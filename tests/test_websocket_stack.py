@@ -254,7 +254,7 @@ class BacklogTests(TestCase):
         from relayd.ws.frames import Frame
 
         h = harness(limits="max_send_backlog = 64K\nmax_send_backlog_age = 10\n")
-        c, server = h.ws("/echo"), h.service.listeners["main"].tracker.websockets()[-1]
+        _, server = h.ws("/echo"), h.service.listeners["main"].tracker.websockets()[-1]
         server.pauseProducing()
         for _ in range(40):
             server.send_frame(Frame(b"y" * 1000))  # 40 KB queued, above the 8 KB low mark
@@ -275,7 +275,7 @@ class BacklogTests(TestCase):
         from relayd.ws.frames import Frame
 
         h = harness(limits="max_send_backlog = 64K\nmax_send_backlog_age = 10\n")
-        c, server = h.ws("/echo"), h.service.listeners["main"].tracker.websockets()[-1]
+        _, server = h.ws("/echo"), h.service.listeners["main"].tracker.websockets()[-1]
         server.pauseProducing()
         for _ in range(40):
             server.send_frame(Frame(b"y" * 1000))
@@ -370,7 +370,7 @@ class BacklogTests(TestCase):
         from relayd.ws import protocol
 
         h = _backlog_harness("max_total_backlog = 64M\n")
-        c, server = h.ws("/echo"), h.service.listeners["main"].tracker.websockets()[-1]
+        _, server = h.ws("/echo"), h.service.listeners["main"].tracker.websockets()[-1]
         self.patch(protocol, "buffered_bytes", lambda transport: 5000)  # what Twisted holds for it
         server.pauseProducing()
         self.assertEqual(h.service.backlogs.held, 5000)

@@ -8,39 +8,26 @@ the room over from the store, and the players rejoin with their session tokens.
 
 from __future__ import annotations
 
-from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from relayd.apps.gameroom.core import room_channel
 from relayd.apps.gameroom.roomstore import RedisRoomStore
 from relayd.backplane.cluster import Cluster
-from relayd.backplane.leases import Leases
-from relayd.backplane.pipes import MOVED, SERVICE_RESTART, Pipes, RemoteEnd
+from relayd.backplane.owners import OwnerPlacement
+from relayd.backplane.pipes import MOVED, SERVICE_RESTART, RemoteEnd
 from relayd.periodic import Periodic
 
 _log = Logger()
 
 
-class Placement(MultiService):
+class Placement(OwnerPlacement):
     def __init__(self, app, cluster: Cluster, *, clock):
-        super().__init__()
-        self.app = app
-        self.cluster = cluster
-        self.clock = clock
-        self.leases = Leases(cluster, "gameroom:room", clock=clock, lost=self._lost)
-        self.leases.setServiceParent(self)
+        super().__init__(app, cluster, "gameroom", clock=clock)
         self.store = RedisRoomStore(cluster, self.leases)
         app.core.node = cluster.node_id
-        self.pipes = Pipes(app.bus, cluster, "gameroom", app.metrics, self._open_session)
         Periodic("gameroom pipe checks", cluster.node_timeout / 2, self.upkeep, clock=clock,
                  now=False).setServiceParent(self)
-
-    @defer.inlineCallbacks
-    def stopService(self):
-        # a graceful stop: the leases go first (children), then the clients piped here are told to move
-        yield super().stopService()
-        self.pipes.hand_over()
 
     def claim(self, room_id: str) -> defer.Deferred:
         return self.leases.claim(room_id)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import secrets
 
-from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.logger import Logger
 
@@ -28,7 +27,8 @@ from relayd.apps.groovejet.core import CODE_ALPHABET, CODE_LENGTH, error, token_
 from relayd.apps.groovejet.session import GroovejetSession, parse_message
 from relayd.backplane.cluster import Cluster
 from relayd.backplane.leases import Leases
-from relayd.backplane.pipes import MOVED, SERVICE_RESTART, Pipes, RemoteEnd
+from relayd.backplane.owners import OwnerPlacement
+from relayd.backplane.pipes import MOVED, SERVICE_RESTART, RemoteEnd
 from relayd.errors import unless_unavailable
 from relayd.periodic import Periodic
 
@@ -89,18 +89,13 @@ class Directory:
         return json.loads(raw)
 
 
-class Placement(MultiService):
+class Placement(OwnerPlacement):
     """Where each client's Session runs, and the loops that keep rooms and pipes true."""
 
     def __init__(self, app, cluster: Cluster, *, clock, record_ttl: float):
-        super().__init__()
-        self.app = app
-        self.cluster = cluster
+        super().__init__(app, cluster, "groovejet", clock=clock)
         self.bus = app.bus
-        self.leases = Leases(cluster, "groovejet:room", clock=clock, lost=self._lost)
-        self.leases.setServiceParent(self)
         self.directory = Directory(cluster, self.leases, record_ttl)
-        self.pipes = Pipes(app.bus, cluster, "groovejet", app.metrics, self._open_session)
         Periodic("groovejet room upkeep", cluster.node_timeout / 3, self.upkeep, clock=clock,
                  now=False).setServiceParent(self)
 
@@ -125,12 +120,6 @@ class Placement(MultiService):
         self.save(room.code, room.record(with_seats=True))
 
     # ---- where a client goes -------------------------------------------------------------------
-
-    @defer.inlineCallbacks
-    def stopService(self):
-        # a graceful stop: the leases go first (children), then the clients piped here are told to move
-        yield super().stopService()
-        self.pipes.hand_over()
 
     def route_opening(self, session) -> defer.Deferred:
         """A new connection: its query names a room, a resume token, or neither (lobby). Fires once placed."""
