@@ -190,7 +190,9 @@ def last_users(client) -> list | None:
     return updates[-1]["users"] if updates else None
 
 
-class LobbyAcrossNodes(ClusterTestCase):
+class LobbyMembers:
+    """Lobby members, for LobbyAcrossNodes and RollingStopTests."""
+
     @defer.inlineCallbacks
     def join(self, node: Daemon, user: str):
         client = yield node.connect("/ws")
@@ -199,6 +201,8 @@ class LobbyAcrossNodes(ClusterTestCase):
                     what=f"{user} to be in the group")
         return client
 
+
+class LobbyAcrossNodes(LobbyMembers, ClusterTestCase):
     @defer.inlineCallbacks
     def test_group_spans_nodes(self):
         """
@@ -361,7 +365,9 @@ class CarPartyAcrossNodes(ClusterTestCase):
         yield again.when_closed
 
 
-class ClickerAcrossNodes(ClusterTestCase):
+class ClickerDevices:
+    """Devices and listeners, for ClickerAcrossNodes and RollingStopTests."""
+
     @defer.inlineCallbacks
     def register(self, node: Daemon, secret: str = ""):
         device = yield node.connect("/clicker/ws")
@@ -377,6 +383,8 @@ class ClickerAcrossNodes(ClusterTestCase):
         yield listener.messages_at_least(1)
         return listener
 
+
+class ClickerAcrossNodes(ClickerDevices, ClusterTestCase):
     @defer.inlineCallbacks
     def test_listener_sees_a_device_on_another_node(self):
         """A listener on node a sees a device on node b connect, score (after SCORED) and disconnect."""
@@ -521,7 +529,9 @@ def typed(client, kind: str) -> list:
     return [m for m in (json.loads(x) for x in client.messages) if m.get("type") == kind]
 
 
-class GroovejetAcrossNodes(ClusterTestCase):
+class GroovejetClients:
+    """Hosts and guests, for GroovejetAcrossNodes and RollingStopTests."""
+
     @defer.inlineCallbacks
     def connect(self, node: Daemon, query: str = ""):
         client = yield node.connect("/groovejet/" + query)
@@ -542,6 +552,8 @@ class GroovejetAcrossNodes(ClusterTestCase):
         yield until(lambda: typed(guest, "joinedRoom"), what="the guest to join")
         return host, guest, code
 
+
+class GroovejetAcrossNodes(GroovejetClients, ClusterTestCase):
     @defer.inlineCallbacks
     def test_host_and_guest_on_different_nodes_signal(self):
         """A host on node a and a guest on node b exchange offer, answer and ICE candidates; the server sets clientId."""
@@ -717,7 +729,9 @@ class GroovejetAcrossNodes(ClusterTestCase):
         yield host.when_closed
 
 
-class GameroomAcrossNodes(ClusterTestCase):
+class GameroomPlayers:
+    """Rooms and players, for GameroomAcrossNodes and RollingStopTests."""
+
     @defer.inlineCallbacks
     def create(self, node: Daemon, players: int = 2) -> str:
         from io import BytesIO
@@ -743,6 +757,40 @@ class GameroomAcrossNodes(ClusterTestCase):
     def until_turn(self, players, turn: int):
         yield until(lambda: all(p.player.executed >= turn for p in players), timeout=20, what=f"turn {turn}")
 
+    @defer.inlineCallbacks
+    def game_on(self, owner: Daemon, player_nodes):
+        """A room created on owner, a player on each of player_nodes, played to turn 10, then silent."""
+        from tests.gameroom_reference import ReferencePlayer
+
+        room_id = yield self.create(owner)
+        players = []
+        for i, node in enumerate(player_nodes):
+            players.append((yield self.play(node, room_id, ReferencePlayer(name=f"p{i}"))))
+        yield self.until_turn(players, 10)
+        for p in players:
+            p.player.player_id = None  # stop sending, so the log stops growing
+        return room_id, players
+
+    @defer.inlineCallbacks
+    def resumed_and_agreeing(self, node: Daemon, room_id: str, players):
+        """The players, told to reconnect (1012), rejoin on node and play 10 more turns in agreement."""
+        for p in players:
+            self.assertEqual((yield p.client.when_closed), 1012)
+        executed = max(p.player.executed for p in players)
+        resumed = []
+        for p in players:
+            p.player.player_id = "rejoining"
+            resumed.append((yield self.play(node, room_id, p.player, rejoin=True)))
+        yield self.until_turn(resumed, executed + 10)
+        target = executed + 10
+        self.assertEqual(resumed[0].player.hashes[target], resumed[1].player.hashes[target])
+        self.assertIn(room_id, node.service.apps["gameroom"].core.rooms)
+        for p in resumed:
+            p.client.sendClose(1000)
+            yield p.client.when_closed
+
+
+class GameroomAcrossNodes(GameroomPlayers, ClusterTestCase):
     @defer.inlineCallbacks
     def test_players_on_other_nodes_play_in_lock_step(self):
         """A room created on node a ticks there; players on nodes b and c play it in lock-step and agree on every hash."""
@@ -813,38 +861,6 @@ class GameroomAcrossNodes(ClusterTestCase):
         yield self.resumed_and_agreeing(b, room_id, players)
 
     @defer.inlineCallbacks
-    def game_on(self, owner: Daemon, player_nodes):
-        """A room created on owner, a player on each of player_nodes, played to turn 10, then silent."""
-        from tests.gameroom_reference import ReferencePlayer
-
-        room_id = yield self.create(owner)
-        players = []
-        for i, node in enumerate(player_nodes):
-            players.append((yield self.play(node, room_id, ReferencePlayer(name=f"p{i}"))))
-        yield self.until_turn(players, 10)
-        for p in players:
-            p.player.player_id = None  # stop sending, so the log stops growing
-        return room_id, players
-
-    @defer.inlineCallbacks
-    def resumed_and_agreeing(self, node: Daemon, room_id: str, players):
-        """The players, told to reconnect (1012), rejoin on node and play 10 more turns in agreement."""
-        for p in players:
-            self.assertEqual((yield p.client.when_closed), 1012)
-        executed = max(p.player.executed for p in players)
-        resumed = []
-        for p in players:
-            p.player.player_id = "rejoining"
-            resumed.append((yield self.play(node, room_id, p.player, rejoin=True)))
-        yield self.until_turn(resumed, executed + 10)
-        target = executed + 10
-        self.assertEqual(resumed[0].player.hashes[target], resumed[1].player.hashes[target])
-        self.assertIn(room_id, node.service.apps["gameroom"].core.rooms)
-        for p in resumed:
-            p.client.sendClose(1000)
-            yield p.client.when_closed
-
-    @defer.inlineCallbacks
     def test_room_of_a_dead_node_is_taken_over(self):
         """
         The room's node dies mid-game: its players elsewhere are told to reconnect (1012), rejoin with
@@ -867,7 +883,6 @@ class GameroomAcrossNodes(ClusterTestCase):
         stop_periodic(a.service.cluster)
         yield a.service.bus.stopService()
         yield self.resumed_and_agreeing(b, room_id, players)
-
 
 
 class RedisDurabilityTests(ClusterTestCase):
@@ -978,3 +993,61 @@ class PartitionTests(ClusterTestCase):
         self.assertEqual(rival.state, rival.STATE_OPEN)
         rival.sendClose(1000)
         yield rival.when_closed
+
+
+class RollingStopTests(GroovejetClients, GameroomPlayers, ClickerDevices, LobbyMembers, ClusterTestCase):
+    """A rolling restart's first step, every app at once: one of two nodes stopped under load."""
+
+    @defer.inlineCallbacks
+    def test_a_node_stopped_under_load_of_every_app_hands_everything_over(self):
+        """
+        Node a holds a clicker device's score, a carparty code, a groovejet room with a snapshot, a
+        running game and a lobby member, with clients of each on node b; a is stopped (SIGTERM's path):
+        its own clients are closed 1001, and within 2 s (node_timeout is 60) b serves the room, the game
+        and the code, the device's acknowledged score is there, and the lobby lives on at b.
+        """
+        import time
+
+        from tests.gameroom_reference import ReferencePlayer
+
+        yield self.start_cluster(2, node_timeout=60)
+        a, b = self.nodes
+        device, device_id, secret = yield self.register(a)
+        device.send_text("SCORE 1700000000001 42")
+        yield device.messages_at_least(2)
+        self.assertEqual(device.messages[1], "SCORED 1700000000001")
+        screen = yield a.connect("/carparty")
+        screen.send_text(login("login_server", "ROLL"))
+        response = yield Agent(reactor).request(b"POST", f"http://127.0.0.1:{a.port()}/groovejet/rooms".encode())
+        code = json.loads((yield readBody(response)))["code"]
+        host = yield self.connect(b, f"?host=true&code={code}")
+        host.send_text('{"type": "snapshot", "data": "rolling"}')
+        yield until(lambda: typed(host, "snapshotStored"), what="the snapshot")
+        token = self.identity(host)["reconnectToken"]
+        room_id, players = yield self.game_on(a, (b, b))
+        yield until(lambda: len({p.player.executed for p in players}) == 1, what="the last turns at the players")
+        ann = yield self.join(a, "ann")
+        bob = yield self.join(b, "bob")
+
+        started = time.monotonic()
+        yield a.stop()
+        for client in (device, screen, ann):
+            self.assertEqual((yield client.when_closed), 1001)
+        resumed = yield self.connect(b, f"?resume={token}")
+        yield until(lambda: typed(resumed, "snapshot"), what="the groovejet room on b", timeout=2)
+        self.assertEqual(typed(resumed, "snapshot")[0]["data"], "rolling")
+        rival = yield b.connect("/carparty")
+        rival.send_text(login("login_server", "ROLL"))
+        lease = b.service.cluster.key("carparty:server", "ROLL")
+        yield until(lambda: b.service.cluster.call("GET", lease).addCallback(
+            lambda holder: holder == b.service.cluster.node_id.encode()), what="the code taken on b", timeout=2)
+        yield self.resumed_and_agreeing(b, room_id, players)
+        self.assertLess(time.monotonic() - started, 5)  # served again and 10 turns played on b
+        back, again_id, _ = yield self.register(b, secret)
+        self.assertEqual(again_id, device_id)
+        judge = yield self.listen(b, device_id)
+        yield until(lambda: f"SCORE 1700000000001 {device_id} 42" in judge.messages, what="the acknowledged score")
+        yield until(lambda: last_users(bob) == ["bob"], what="the lobby at b without a's member")
+        for client in (resumed, rival, back, judge, bob):
+            client.sendClose(1000)
+            yield client.when_closed
