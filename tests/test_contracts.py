@@ -169,3 +169,62 @@ class RedisRosterTests(RosterContract, ClusterTestCase):
     def make_roster(self):
         yield self.start_cluster(1)
         return self.nodes[0].service.apps["wikispeedruns"].core.roster
+
+
+class ClickerStateContract:
+    """clicker's IClickerState. make_state() fires with an implementation."""
+
+    @defer.inlineCallbacks
+    def test_identities(self):
+        """A REGISTER without a secret mints an id; its secret gives the same id back unminted; without may_mint nothing is minted."""
+        from relayd.errors import ProtocolError
+
+        state = yield self.make_state()
+        device, secret, minted = yield state.identify(None)
+        self.assertTrue(minted)
+        self.assertRegex(device, r"^\d{6}$")
+        again, same_secret, minted_again = yield state.identify(secret)
+        self.assertEqual((again, same_secret, minted_again), (device, secret, False))
+        with self.assertRaises(ProtocolError):
+            yield state.identify(None, may_mint=False)
+
+    @defer.inlineCallbacks
+    def test_latest_score_and_retries(self):
+        """A score is the device's latest once it fires True; the same score again is a retry (False); the snapshot has the newest."""
+        from relayd.apps.clicker.core import Score
+
+        state = yield self.make_state()
+        device, _, _ = yield state.identify(None)
+        self.assertTrue((yield state.score(device, Score(1000, 5, None))))
+        self.assertFalse((yield state.score(device, Score(1000, 5, None))))
+        self.assertTrue((yield state.score(device, Score(2000, 9, None))))
+        _, latest = yield state.snapshot([device])
+        self.assertEqual(tuple(latest[device]), (2000, 9))
+
+    @defer.inlineCallbacks
+    def test_who_is_connected(self):
+        """A device attached is in the snapshot's connected ids until it is detached."""
+        state = yield self.make_state()
+        device, _, _ = yield state.identify(None)
+        connection = object()
+        yield state.attach(device, connection)
+        connected, _ = yield state.snapshot([device])
+        self.assertEqual(list(connected), [device])
+        self.assertTrue((yield state.detach(device, connection)))
+        connected, _ = yield state.snapshot([device])
+        self.assertEqual(list(connected), [])
+
+
+class LocalClickerStateTests(ClickerStateContract, TestCase):
+    def make_state(self):
+        from tests.support import Harness, make_config
+
+        h = Harness(make_config("[app:clicker]\nlisteners = main\npath = /clicker\n")).start()
+        return defer.succeed(h.app("clicker").state)
+
+
+class RedisClickerStateTests(ClickerStateContract, ClusterTestCase):
+    @defer.inlineCallbacks
+    def make_state(self):
+        yield self.start_cluster(1)
+        return self.nodes[0].service.apps["clicker"].state

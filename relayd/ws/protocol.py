@@ -29,12 +29,13 @@ from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from relayd._internals import buffered_bytes, lean_after_open, lean_connection_made
 from relayd.config.model import Rate
 from relayd.errors import ProtocolError
-from relayd.session import IConnection, Runner
+from relayd.session import IConnection, Runner, handle_failure
 from relayd.ws import closecodes
 from relayd.ws.frames import Frame
 from relayd.quota import address_key
@@ -283,11 +284,9 @@ class RelaydProtocol(WebSocketServerProtocol):
                 self.binary(payload)
             else:
                 self.runner.received(payload, isBinary)
-        except ProtocolError as e:
-            self._protocol_error(e)
         except Exception:
-            self._log.failure("{app}: handling a message failed", app=self.factory.app_name)
-            self._internal_error()
+            # the Runner's one guard, as for the session's own steps (here: binary on a text protocol)
+            handle_failure(self, self.session, Failure(), self.factory.app_name)
 
     def onClose(self, wasClean, code, reason):
         metrics = self.factory.metrics
