@@ -59,7 +59,7 @@ LISTENER_OPTIONS: dict[str, Option] = {
     "tls_chain": Option(text, "", "Intermediate certificates (PEM) sent after the certificate."),
     "health": Option(boolean, True, "Serve /healthz and /readyz on this listener."),
     "metrics": Option(boolean, True, "Serve Prometheus /metrics on this listener."),
-    "max_connections": Option(integer(1), 10000, "Open connections this listener accepts at once."),
+    "max_connections": Option(integer(1), 10000, "WebSockets this listener holds at once (503 past it); 16 plain HTTP connections more are accepted so health and metrics answer a full listener."),
     "max_connections_per_address": Option(integer(0), 256, "Open connections from one client address; 0 for no limit."),
     "trusted_proxies": Option(networks, (), "Addresses and CIDRs of reverse proxies whose X-Forwarded-For and PROXY protocol header are believed."),
     "send_buffer": Option(size(0, 64 * 1024 * 1024), 256 * 1024, "Kernel send buffer (SO_SNDBUF) of each accepted connection: what a client that does not read pins in the kernel; 0 leaves the kernel's auto-tuning."),
