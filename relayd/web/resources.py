@@ -116,12 +116,10 @@ class AppMount(Resource):
         slot = getattr(request.channel, "slot", None)
         reason = slot.bind(client) if slot is not None else ""
         if reason:
-            site.reject(reason)
             site.refused(client, reason)
             return _plain(request, 429, b"too many connections from your address\n")
         if slot is not None and slot.upgrade():
             # the listener holds max_connections WebSockets: its reserve still answers health and metrics
-            site.reject("max_connections")
             site.refused(client, "max_connections")
             request.setHeader(b"retry-after", b"5")
             return _plain(request, 503, b"this server holds as many connections as it may; try again\n")

@@ -232,7 +232,6 @@ class RelaydSite(server.Site):
         else:
             slot, reason = self.tracker.acquire(address)
         if slot is None:
-            self.reject(reason)
             self.refused(address, reason)
             return None
         channel = super().buildProtocol(addr)
@@ -246,7 +245,8 @@ class RelaydSite(server.Site):
         self.metrics.rejected.labels(self.listener_name, reason).inc()
 
     def refused(self, address: str, reason: str) -> None:
-        """One log line per reason per interval for refused connections: a flood of them is one line."""
+        """A connection refused: counted, and one log line per reason per interval (a flood of them is one line)."""
+        self.reject(reason)
         count = self._refusals.due(reason)
         if count:
             _log.warn("listener {listener}: refused {count} connection(s) ({reason}), the last from {address}",

@@ -84,11 +84,17 @@ class Backlogs:
             self.released -= size
         self._add(connection, size)
 
-    def _add(self, connection, size: int) -> None:
-        connection.backlog_held += size
+    @staticmethod
+    def key_of(connection) -> str:
+        """The address a connection counts against (here and in relayd.ws.ratelimit.AddressRates), kept on it."""
         key = connection.backlog_key
         if key is None:
             key = connection.backlog_key = address_key(connection.client_address or "unknown")
+        return key
+
+    def _add(self, connection, size: int) -> None:
+        connection.backlog_held += size
+        key = self.key_of(connection)
         self.by_address[key] += size
         if connection.backlog_held > 0:
             self.holders.add(connection)

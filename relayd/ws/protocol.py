@@ -37,8 +37,8 @@ from relayd.config.model import Rate
 from relayd.errors import ProtocolError
 from relayd.session import IConnection, Runner, handle_failure
 from relayd.ws import closecodes
+from relayd.ws.backlog import Backlogs
 from relayd.ws.frames import Frame
-from relayd.quota import address_key
 from relayd.ws.ratelimit import Budget
 from relayd.ws._writes import BATCH, write_now
 from relayd.ws.keepalive import PING
@@ -101,6 +101,7 @@ class RelaydProtocol(WebSocketServerProtocol):
     backlog_held = 0  # what relayd.ws.backlog counts for this connection
     backlog_key = None  # the address it counts against there
     _throttle = None  # while its address sends above address_byte_rate: the call that reads again
+    throttled_before = False  # its first pause is logged, the rest counted
     _wskey = None  # the client's key, once its opening handshake is parsed (Autobahn sets it then)
 
     # ---- Autobahn entry points -------------------------------------------------------------
@@ -154,7 +155,7 @@ class RelaydProtocol(WebSocketServerProtocol):
         self._budget.refill(now)
         rates = self._address_rates
         if rates is not None:
-            wait = rates.spend(self.backlog_key or self._address_key(), len(data), now)
+            wait = rates.spend(self.backlog_key or Backlogs.key_of(self), len(data), now)
             if wait and self._throttle is None:
                 self._throttled(wait)
         for i in range(0, len(events), 2):
@@ -189,10 +190,6 @@ class RelaydProtocol(WebSocketServerProtocol):
         else:
             self.dropConnection(abort=False)  # relayd was closing already: nothing more to wait for
 
-    def _address_key(self) -> str:
-        key = self.backlog_key = address_key(self.client_address or "unknown")
-        return key
-
     def _throttled(self, wait: float) -> None:
         """Its address sent above address_byte_rate: this connection is not read for `wait` seconds."""
         if not self.throttled_before:
@@ -203,8 +200,6 @@ class RelaydProtocol(WebSocketServerProtocol):
         self.factory.metrics.throttled()
         self.transport.pauseProducing()
         self._throttle = self._clock.callLater(wait, self._read_again)
-
-    throttled_before = False
 
     def _read_again(self) -> None:
         self._throttle = None
